@@ -1,0 +1,6 @@
+//! devset-operator: runs event-driven workflows against real Kafka and RabbitMQ brokers, driven
+//! by the `Workflow` and `WorkflowRun` custom resources of the `devset.io` API group.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod crdgen;

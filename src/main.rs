@@ -1,0 +1,60 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::{path::PathBuf, process::ExitCode};
+
+/// devset: run event-driven workflows against Kafka and RabbitMQ, the Kubernetes way.
+#[derive(Parser)]
+#[command(name = "devset", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller that reconciles BrokerConnectors, Workflows and WorkflowRuns.
+    Controller,
+    /// Serve the HTTP API (run event logs over SSE) on port 8082.
+    Api,
+    /// Print the CustomResourceDefinitions of the devset.io API as YAML.
+    ///
+    /// Install them with: devset crds | kubectl apply --server-side -f -
+    Crds {
+        /// Write one file per kind into this directory instead of printing.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Crds { dir: None } => {
+            let docs: Vec<String> = devset::crdgen::all()?.into_iter().map(|(_, y)| y).collect();
+            print!("{}", docs.join("---\n"));
+        }
+        Command::Crds { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (name, yaml) in devset::crdgen::all()? {
+                let path = dir.join(name);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Controller | Command::Api => {
+            eprintln!("devset: this subcommand is not built yet");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
