@@ -3,6 +3,10 @@
 //! Doc comments on fields become the CRD schema descriptions that `kubectl explain` shows, so
 //! they are written for users; notes for developers are `//` comments.
 
+// Each `printcolumn(...)` of the kube derive repeats the same keys, which this lint mistakes
+// for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 mod connector;
 mod run;
 mod workflow;

@@ -44,12 +44,10 @@ impl TestEnv {
 
     /// Runs kubectl with the admin kubeconfig.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        let out = self
-            .command("kubectl")
+        self.command("kubectl")
             .args(args)
             .output()
-            .expect("kubectl runs (from the test environment's PATH)");
-        out
+            .expect("kubectl runs (from the test environment's PATH)")
     }
 
     /// Runs kubectl and returns its stdout; panics with its stderr when it fails.
