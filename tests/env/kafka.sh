@@ -10,14 +10,13 @@
 #   KAFKA_LIBS       the jar directory (tests/bin/kafka-* run Kafka's own tools from it)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 POM="$DEVSET_REPO/tests/tools/kafka/pom.xml"
 KAFKA_DIR="$DEVSET_ENV_DIR/kafka"
 KAFKA_JAVA="$DEVSET_REPO/tests/bin/kafka-java"
 # A small heap for the broker; a test broker needs neither throughput nor long GC pauses.
-KAFKA_BROKER_OPTS="${KAFKA_BROKER_OPTS:--Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError}"
+KAFKA_BROKER_OPTS="${KAFKA_BROKER_OPTS:--Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError -XX:ErrorFile=$KAFKA_DIR/hs_err_%p.log}"
 
 kafka_version() { sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM"; }
 
@@ -56,6 +55,7 @@ up() {
   local libs bport cport cluster_id
   libs=$(kafka_libs)
   command -v java >/dev/null || die "java is needed to run Kafka"
+  down # a broker left from an earlier `up` of this environment
   rm -rf "$KAFKA_DIR"
   mkdir -p "$KAFKA_DIR/data"
   bport=$(free_port)

@@ -15,7 +15,6 @@
 # tests/bin/rabbitmqctl-env runs rabbitmqctl against the node with these.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 RMQ_DIR="$DEVSET_ENV_DIR/rabbitmq"
@@ -37,11 +36,14 @@ install() {
   apt_install rabbitmq-server amqp-tools || rc=$?
   [ -z "$ours" ] || $sudo rm -f "$policy"
   ((rc == 0)) || die "rabbitmq: apt-get install rabbitmq-server amqp-tools failed"
+  # Only stop a system node that runs: the init script's `stop` runs rabbitmqctl, which would
+  # start a system-wide epmd on 0.0.0.0:4369.
   if [ -d /run/systemd/system ]; then
-    $sudo systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
+    $sudo systemctl disable rabbitmq-server >/dev/null 2>&1 || true
+    if systemctl is-active --quiet rabbitmq-server; then $sudo systemctl stop rabbitmq-server || true; fi
   else
     $sudo update-rc.d rabbitmq-server disable >/dev/null 2>&1 || true
-    $sudo invoke-rc.d rabbitmq-server stop >/dev/null 2>&1 || true
+    if pgrep -u rabbitmq -x beam.smp >/dev/null; then $sudo invoke-rc.d rabbitmq-server stop || true; fi
   fi
 }
 
@@ -70,6 +72,7 @@ fail() {
 
 up() {
   install
+  down # a node left from an earlier `up` of this environment
   rm -rf "$RMQ_DIR"
   mkdir -p "$RMQ_DIR/home" "$RMQ_DIR/mnesia" "$RMQ_DIR/log"
   local amqp_port dist_port epmd_port user pass
@@ -119,7 +122,7 @@ EOF
     RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia" \
     RABBITMQ_LOG_BASE="$RMQ_DIR/log" \
     RABBITMQ_PID_FILE="$RMQ_DIR/rabbitmq.pid" \
-    RABBITMQ_SCHEDULER_BIND_TYPE=u \
+    RABBITMQ_SCHEDULER_BIND_TYPE=u ERL_CRASH_DUMP="$RMQ_DIR/erl_crash.dump" \
     RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-start_epmd false -kernel inet_dist_use_interface {127,0,0,1}" \
     "$RMQ_BIN/rabbitmq-server"
   local pid deadline=$((SECONDS + 90))
