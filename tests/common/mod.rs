@@ -1,8 +1,7 @@
 //! Helpers for the integration tests that need the test environment (`tests/env/up`).
 //!
-//! The settings come from the process environment when `tests/run` (or a person who sourced
-//! the env file) provides them, otherwise from the env file itself
-//! (`$DEVSET_ENV_FILE`, default `target/testenv/env.sh`).
+//! The settings come from the env file that `tests/env/up` writes: `$DEVSET_ENV_FILE`, else
+//! `$DEVSET_ENV_DIR/env.sh`, else `target/testenv/env.sh`.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::{
@@ -81,14 +80,15 @@ pub fn env() -> &'static TestEnv {
     ENV.get_or_init(|| {
         let mut vars: BTreeMap<String, String> = std::env::vars().collect();
         let mut path = std::env::var("PATH").unwrap_or_default();
-        if !vars.contains_key("KUBECONFIG") || !vars.contains_key("DEVSET_ENV_DIR") {
-            let file = std::env::var("DEVSET_ENV_FILE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| repo().join("target/testenv/env.sh"));
-            let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
-                panic!("cannot read {}: {e}; this test {NEEDS_ENV}", file.display())
-            });
-            parse_env_file(&text, &mut vars, &mut path);
+        // The env file wins over the process environment, so that a KUBECONFIG of your own
+        // never makes these tests touch another cluster.
+        let file = std::env::var("DEVSET_ENV_FILE")
+            .map(PathBuf::from)
+            .or_else(|_| std::env::var("DEVSET_ENV_DIR").map(|d| PathBuf::from(d).join("env.sh")))
+            .unwrap_or_else(|_| repo().join("target/testenv/env.sh"));
+        match std::fs::read_to_string(&file) {
+            Ok(text) => parse_env_file(&text, &mut vars, &mut path),
+            Err(e) => panic!("cannot read {}: {e}; this test {NEEDS_ENV}", file.display()),
         }
         TestEnv { vars, path }
     })
