@@ -44,6 +44,16 @@ pub(crate) fn any_value(_: &mut schemars::SchemaGenerator) -> Schema {
     schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
 }
 
+// The pinned copy of a workflow in a run's status: validated when the Workflow was applied, so
+// its schema here only keeps the fields (and none of the CEL cost).
+pub(crate) fn pinned_workflow(_: &mut schemars::SchemaGenerator) -> Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "The workflow spec as it was when the run started.",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
 pub(crate) fn map_of_any_value(_: &mut schemars::SchemaGenerator) -> Schema {
     schemars::json_schema!({
         "type": "object",

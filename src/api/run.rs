@@ -61,9 +61,8 @@ pub struct WorkflowRunSpec {
     /// run exists.
     #[x_kube(validation = Rule::new("self == oldSelf").message("cannot change once the run exists; create a new run instead"))]
     pub connector_ref: LocalObjectRef,
-    /// Values for the workflow's params, by name. Unset params take their default. Cannot
-    /// change once the run exists.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("cannot change once the run exists; create a new run instead"))]
+    /// Values for the workflow's params, by name. Unset params take their default. The run
+    /// uses the values it had when it started.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "crate::api::map_of_any_value")]
     pub params: BTreeMap<String, serde_json::Value>,
@@ -169,6 +168,7 @@ pub struct WorkflowRunStatus {
     /// The workflow spec as it was when the run started. The run executes this copy, so
     /// editing the Workflow does not change a run in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::pinned_workflow")]
     pub workflow: Option<WorkflowSpec>,
 }
 

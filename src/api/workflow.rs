@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 // Limits keep the CEL rules below within the API server's cost budget.
 /// Most stages a workflow may have.
-pub const MAX_STAGES: usize = 100;
+pub const MAX_STAGES: usize = 50;
 /// Most params a workflow may declare.
 pub const MAX_PARAMS: usize = 64;
 
@@ -26,15 +26,15 @@ pub const MAX_PARAMS: usize = 64;
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
-        name = "Stages",
-        type_ = "string",
-        json_path = ".spec.stages[*].name",
-        description = "stage names"
-    ),
-    printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Description",
+        type_ = "string",
+        json_path = ".spec.description",
         priority = 1
     ),
     printcolumn(
@@ -45,12 +45,10 @@ pub const MAX_PARAMS: usize = 64;
 )]
 #[x_kube(validation = Rule::new(
     "self.stages.all(s, !has(s.dependsOn) || s.dependsOn.all(d, self.stages.exists(t, t.name == d)))"
-).message(Message::Expression(
-    "'spec.stages: dependsOn names no stage of this workflow, in stage(s) ' + self.stages.filter(s, has(s.dependsOn) && s.dependsOn.exists(d, !self.stages.exists(t, t.name == d))).map(s, s.name).join(', ')".into()
-)).field_path(".stages"))]
+).message("every dependsOn entry must name a stage of this workflow").field_path(".stages"))]
 #[x_kube(validation = Rule::new(
     "self.stages.all(s, !has(s.dependsOn) || !(s.name in s.dependsOn))"
-).message("spec.stages: a stage cannot depend on itself").field_path(".stages"))]
+).message("a stage cannot depend on itself").field_path(".stages"))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowSpec {
     /// What this workflow is for.
@@ -67,7 +65,7 @@ pub struct WorkflowSpec {
     /// with `dependsOn` it starts once all the stages it names have succeeded, and stages that
     /// are ready at the same time run concurrently. Names are unique.
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
-    #[schemars(length(min = 1, max = 100))]
+    #[schemars(length(min = 1, max = 50))]
     pub stages: Vec<Stage>,
 }
 
@@ -126,7 +124,7 @@ pub struct Stage {
     /// one before it in the list (the first stage starts at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(merge_strategy = ListMerge::Set)]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 63)))]
     pub depends_on: Option<Vec<String>>,
     /// How long one attempt of the stage may take, e.g. `30s`, `5m`, `1h30m`. Without it there
     /// is no limit.
