@@ -18,7 +18,12 @@ K8S_DIR="$DEVSET_ENV_DIR/k8s"
 READY_TIMEOUT=${DEVSET_K8S_READY_TIMEOUT:-120}
 
 # modver GOMOD MODULE: the version of MODULE required by GOMOD.
-modver() { awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$1"; }
+modver() {
+  local v
+  v=$(awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$1")
+  [ -n "$v" ] || die "no version of $2 in $1"
+  echo "$v"
+}
 
 K8S_VERSION=$(modver "$TOOLS/k8s/go.mod" k8s.io/kubernetes)
 ETCD_VERSION=$(modver "$TOOLS/etcd/go.mod" go.etcd.io/etcd/server/v3)
@@ -41,12 +46,13 @@ build_tools() {
   (
     flock 9
     [ -d "$dest" ] && exit 0
+    rm -rf "$DEVSET_CACHE/.$name-$ver.tmp."* # left by an interrupted build
     local tmp t0=$SECONDS spec
     tmp=$(mktemp -d "$DEVSET_CACHE/.$name-$ver.tmp.XXXXXX")
     log "building $name $ver with $(go env GOVERSION) (first run only, takes minutes; log: $logf)"
     : >"$logf"
     for spec in "$@"; do
-      if (cd "$moddir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" \
+      if (cd "$moddir" && CGO_ENABLED=0 go build -buildvcs=false -trimpath -ldflags "-s -w $ldflags" \
         -o "$tmp/bin/${spec%%=*}" "${spec#*=}") >>"$logf" 2>&1; then :; else
         tail -n 40 "$logf" >&2 || true
         rm -rf "$tmp"
@@ -92,11 +98,12 @@ make_certs() {
   genkey "$d/ca.key"
   openssl req -x509 -new -key "$d/ca.key" -subj "/CN=devset-ca" -days 3650 -out "$d/ca.crt" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-  sign apiserver "/CN=kube-apiserver" "basicConstraints=critical,CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-  sign admin "/O=system:masters/CN=devset-admin" "basicConstraints=critical,CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth"
+  local leaf="basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment"
+  local names="IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default"
+  names+=",DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  sign apiserver "/CN=kube-apiserver" "$leaf\nextendedKeyUsage=serverAuth\nsubjectAltName=$names"
+  # system:masters is bound to cluster-admin by the default RBAC policy.
+  sign admin "/O=system:masters/CN=devset-admin" "$leaf\nextendedKeyUsage=clientAuth"
   # Service-account token signing pair (TokenRequest, `kubectl create token`).
   genkey "$d/sa.key"
   openssl pkey -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
@@ -132,6 +139,15 @@ EOF
 # --- processes -------------------------------------------------------------------------------
 alive() { local f="$DEVSET_ENV_DIR/pids/$1"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
 
+# port_clash NAME: true (after stopping both) if NAME died because another process took one of
+# its ports between free_port and the bind; up then retries with new ports (3 tries).
+port_clash() {
+  grep -q 'address already in use' "$K8S_DIR/$1.log" 2>/dev/null && ((attempt < 3)) || return 1
+  log "$1: a port was taken meanwhile; retrying with new ports"
+  stop_bg kube-apiserver
+  stop_bg etcd
+}
+
 fail() { # NAME MESSAGE: print the tail of NAME's log and give up (stopping what we started)
   log "--- last lines of $K8S_DIR/$1.log"
   tail -n 40 "$K8S_DIR/$1.log" >&2 || true
@@ -150,7 +166,7 @@ start_etcd() { # CLIENT_PORT PEER_PORT
     --unsafe-no-fsync --log-level warn
   local deadline=$((SECONDS + 30))
   until etcd_healthy "$1"; do
-    alive etcd || fail etcd "etcd exited"
+    alive etcd || { port_clash etcd && return 1; fail etcd "etcd exited"; }
     ((SECONDS < deadline)) || fail etcd "etcd not healthy on 127.0.0.1:$1 after 30s"
     sleep 0.2
   done
@@ -185,7 +201,7 @@ start_apiserver() { # PORT ETCD_PORT
 wait_ready() { # seconds
   local deadline=$((SECONDS + $1))
   until "$K8S_BIN/kubectl" get --raw /readyz --request-timeout=5s >/dev/null 2>&1; do
-    alive kube-apiserver || fail kube-apiserver "kube-apiserver exited"
+    alive kube-apiserver || { port_clash kube-apiserver && return 1; fail kube-apiserver "kube-apiserver exited"; }
     alive etcd || fail etcd "etcd exited"
     ((SECONDS < deadline)) || fail kube-apiserver "kube-apiserver not ready after $1s"
     sleep 0.5
@@ -219,22 +235,26 @@ up() {
   # A fresh control plane each time (stop leftovers of an earlier run in this env dir).
   stop_bg kube-apiserver
   stop_bg etcd
-  rm -rf "$K8S_DIR"/{etcd-data,*.crt,*.key,*.pub,*.srl,*.kubeconfig}
+  rm -rf "$K8S_DIR"
   mkdir -p "$K8S_DIR"
+  command -v openssl >/dev/null || apt_install openssl
+  make_certs
 
   local etcd_port etcd_peer api_port url kubeconfig="$K8S_DIR/admin.kubeconfig"
-  etcd_port=$(free_port)
-  etcd_peer=$(free_port)
-  api_port=$(free_port)
-  url="https://127.0.0.1:$api_port"
-
-  make_certs
-  write_kubeconfig "$url" "$kubeconfig"
   export KUBECONFIG="$kubeconfig" KUBECACHEDIR="$K8S_DIR/kube-cache"
-
-  start_etcd "$etcd_port" "$etcd_peer"
-  start_apiserver "$api_port" "$etcd_port"
-  wait_ready "$READY_TIMEOUT"
+  attempt=0 # read by port_clash
+  while :; do
+    attempt=$((attempt + 1))
+    etcd_port=$(free_port)
+    etcd_peer=$(free_port)
+    api_port=$(free_port)
+    url="https://127.0.0.1:$api_port"
+    write_kubeconfig "$url" "$kubeconfig"
+    rm -rf "$K8S_DIR/etcd-data"
+    start_etcd "$etcd_port" "$etcd_peer" || continue
+    start_apiserver "$api_port" "$etcd_port"
+    wait_ready "$READY_TIMEOUT" && break
+  done
   check_loopback
   self_check
   log "kube-apiserver $K8S_VERSION ready at $url (etcd $ETCD_VERSION on 127.0.0.1:$etcd_port)"
@@ -250,6 +270,7 @@ up() {
 }
 
 down() {
+  # The apiserver first: without etcd its graceful shutdown stalls until stop_bg's KILL.
   stop_bg kube-apiserver
   stop_bg etcd
 }
