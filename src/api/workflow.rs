@@ -173,6 +173,10 @@ pub struct PublishAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub queue: Option<String>,
+    /// The BrokerConnector (in the run's namespace) this stage publishes through. Without it,
+    /// the run's `spec.connectorRef`. Lets one workflow publish to Kafka and RabbitMQ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector_ref: Option<crate::api::LocalObjectRef>,
     /// How many messages to publish. Defaults to 1.
     #[serde(default = "default_count")]
     #[schemars(range(min = 0))]
