@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod brokers;
 pub mod crdgen;
 pub mod message;
