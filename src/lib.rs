@@ -5,4 +5,5 @@
 pub mod api;
 pub mod brokers;
 pub mod crdgen;
+pub mod engine;
 pub mod message;
