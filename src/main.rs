@@ -13,7 +13,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller that reconciles BrokerConnectors, Workflows and WorkflowRuns.
-    Controller,
+    Controller(devset::controller::Settings),
     /// Serve the HTTP API (run event logs over SSE) on port 8082.
     Api,
     /// Print the CustomResourceDefinitions of the devset.io API as YAML.
@@ -51,10 +51,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("wrote {}", path.display());
             }
         }
-        Command::Controller | Command::Api => {
+        Command::Controller(settings) => {
+            init_tracing();
+            tokio::runtime::Runtime::new()?.block_on(devset::controller::run(settings))?;
+        }
+        Command::Api => {
             eprintln!("devset: this subcommand is not built yet");
             return Ok(ExitCode::from(2));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level (info).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }

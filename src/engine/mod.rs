@@ -10,4 +10,5 @@ pub mod check;
 pub mod dag;
 pub mod duration;
 pub mod params;
+pub mod runner;
 pub mod template;

@@ -197,3 +197,122 @@ pub fn expectations(file: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+impl TestEnv {
+    /// `kubectl apply -n NS -f -` with `yaml` on stdin; panics with kubectl's error.
+    pub fn apply(&self, ns: &str, yaml: &str) {
+        use std::io::Write;
+        let mut child = self
+            .command("kubectl")
+            .args(["apply", "-n", ns, "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `kubectl get RESOURCE NAME -n NS -o jsonpath=PATH` ("" when the object is missing).
+    pub fn jsonpath(&self, ns: &str, resource: &str, name: &str, path: &str) -> String {
+        let out = self.kubectl(&[
+            "get",
+            resource,
+            name,
+            "-n",
+            ns,
+            "-o",
+            &format!("jsonpath={path}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The AMQP URL without its credentials, and the user and password it carried.
+    pub fn amqp_parts(&self) -> (String, String, String) {
+        let url = self.var("AMQP_URL");
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let (creds, host) = rest.split_once('@').unwrap();
+        let (user, pass) = creds.split_once(':').unwrap();
+        (
+            format!("{scheme}://{host}"),
+            user.to_string(),
+            pass.to_string(),
+        )
+    }
+}
+
+/// Polls `f` until it returns Some; panics with `what` and the last value after `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `devset controller` running outside the cluster, watching one namespace; killed on drop.
+pub struct ControllerProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl ControllerProcess {
+    pub fn start(ns: &str, max_active_runs: usize) -> Self {
+        let dir = repo().join("target/it-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("controller-{ns}-{}.log", unique("c")));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = env()
+            .command(env!("CARGO_BIN_EXE_devset"))
+            .arg("controller")
+            .env("DEVSET_NAMESPACE", ns)
+            .env("DEVSET_ENGINE_MAX_ACTIVE_RUNS", max_active_runs.to_string())
+            .env("DEVSET_PROBE_INTERVAL_SECONDS", "5")
+            .env("RUST_LOG", "info,devset=debug,kube=warn")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("devset controller starts");
+        Self { child, log }
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- controller log {} ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! `devset controller`, running outside the cluster against the real API server, Kafka and
+//! RabbitMQ. Outcomes are checked with independent clients: message counts on the brokers
+//! (Kafka's own tools, rabbitmqctl, amqp-get) and `.status` read with kubectl.
+
+mod common;
+
+use common::{ControllerProcess, TestNamespace, env, install_crds, unique, wait_until};
+use std::time::{Duration, Instant};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn connectors() -> String {
+    let (url, user, pass) = env().amqp_parts();
+    let kafka = env().var("KAFKA_BOOTSTRAP");
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: rabbit-creds}}
+stringData: {{username: "{user}", password: "{pass}"}}
+---
+apiVersion: devset.io/v1alpha1
+kind: BrokerConnector
+metadata: {{name: kafka}}
+spec: {{kafka: {{bootstrapServers: "{kafka}"}}}}
+---
+apiVersion: devset.io/v1alpha1
+kind: BrokerConnector
+metadata: {{name: rabbit}}
+spec: {{rabbitmq: {{url: "{url}", secretRef: {{name: rabbit-creds}}}}}}
+"#
+    )
+}
+
+fn run_yaml(name: &str, workflow: &str, connector: &str) -> String {
+    format!(
+        "apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {{name: {name}}}\n\
+         spec: {{workflowRef: {{name: {workflow}}}, connectorRef: {{name: {connector}}}}}\n"
+    )
+}
+
+fn status(ns: &str, run: &str, path: &str) -> String {
+    env().jsonpath(ns, "workflowrun", run, path)
+}
+
+fn wait_phase(ns: &str, run: &str, phase: &str, timeout: Duration) {
+    wait_until(timeout, &format!("run {run} to be {phase}"), || {
+        let p = status(ns, run, "{.status.phase}");
+        assert!(
+            !(p == "Failed" && phase != "Failed"),
+            "run {run} failed: {}",
+            status(ns, run, "{.status.message}")
+        );
+        (p == phase).then_some(())
+    });
+}
+
+async fn declare_queue(queue: &str) {
+    use lapin::{
+        Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable,
+    };
+    let conn = Connection::connect(env().var("AMQP_URL"), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    conn.close(200, "ok".into()).await.ok();
+}
+
+fn count(script: &str, target: &str) -> i64 {
+    let out = env().client(script, &[target]);
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| {
+            panic!(
+                "{script} {target}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn happy_path_publishes_to_kafka_and_rabbitmq_and_completes() {
+    install_crds();
+    let ns = TestNamespace::new("happy");
+    let topic = unique("happy");
+    let queue = unique("happy");
+    declare_queue(&queue).await;
+    let _controller = ControllerProcess::start(&ns.name, 10);
+    env().apply(&ns.name, &connectors());
+    env().apply(
+        &ns.name,
+        &format!(
+            r#"
+apiVersion: devset.io/v1alpha1
+kind: Workflow
+metadata: {{name: three}}
+spec:
+  params:
+    - {{name: region, default: eu-west}}
+  stages:
+    - name: to-kafka
+      publish:
+        topic: {topic}
+        count: 1000
+        key: "order-{{{{ seq }}}}"
+        headers: {{source: devset, run: "{{{{ run.name }}}}"}}
+        payload: '{{"seq": {{{{ seq }}}}, "region": "{{{{ params.region }}}}", "stage": "{{{{ stage }}}}"}}'
+    - name: pause
+      delay: {{duration: 200ms}}
+    - name: to-rabbit
+      publish:
+        queue: {queue}
+        connectorRef: {{name: rabbit}}
+        count: 1000
+        key: "k-{{{{ seq }}}}"
+        payload: 'rabbit {{{{ seq }}}}'
+"#
+        ),
+    );
+    let start = Instant::now();
+    env().apply(&ns.name, &run_yaml("r1", "three", "kafka"));
+    wait_phase(&ns.name, "r1", "Running", MINUTE);
+    eprintln!("apply -> Running: {:?}", start.elapsed());
+    wait_phase(&ns.name, "r1", "Completed", 2 * MINUTE);
+    eprintln!("apply -> Completed: {:?}", start.elapsed());
+
+    // kubectl wait sees the Succeeded condition.
+    env().kubectl_ok(&[
+        "wait",
+        "--for=condition=Succeeded",
+        "--timeout=10s",
+        "-n",
+        &ns.name,
+        "workflowrun/r1",
+    ]);
+    assert_eq!(status(&ns.name, "r1", "{.status.progress}"), "3/3");
+    assert_eq!(
+        status(&ns.name, "r1", "{.status.messagesPublished}"),
+        "2000"
+    );
+    let stages = status(
+        &ns.name,
+        "r1",
+        r#"{range .status.stages[*]}{.name}={.phase}/{.published}/{.attempts};{end}"#,
+    );
+    assert_eq!(
+        stages,
+        "to-kafka=Succeeded/1000/1;pause=Succeeded//1;to-rabbit=Succeeded/1000/1;"
+    );
+
+    // Independent clients count exactly the configured messages.
+    assert_eq!(count("kafka-count", &topic), 1000);
+    assert_eq!(count("rabbitmq-count", &queue), 1000);
+    // And the templates were rendered per message.
+    let out = env().client("kafka-consume", &["-k", "-H", &topic, "1000", "30"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for seq in [1, 500, 1000] {
+        let payload = format!(r#"{{"seq": {seq}, "region": "eu-west", "stage": "to-kafka"}}"#);
+        let line = text
+            .lines()
+            .find(|l| l.contains(&payload))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no message with payload {payload} in:\n{}",
+                    &text[..text.len().min(2000)]
+                )
+            });
+        assert!(
+            line.contains(&format!("order-{seq}")),
+            "key of message {seq}: {line}"
+        );
+        assert!(
+            line.contains("source:devset") && line.contains("run:r1"),
+            "headers of message {seq}: {line}"
+        );
+    }
+    let got = env().client("amqp-get", &[&queue, "1"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "rabbit 1");
+}
+
+fn publish_workflow(name: &str, topic: &str, count: u64, rate: Option<u32>) -> String {
+    let rate = rate
+        .map(|r| format!(", ratePerSecond: {r}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: devset.io/v1alpha1\nkind: Workflow\nmetadata: {{name: {name}}}\nspec:\n  stages:\n\
+         \x20   - name: publish\n      publish: {{topic: {topic}, count: {count}{rate}, payload: 'm {{{{ seq }}}}'}}\n"
+    )
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn a_run_waits_for_its_workflow_then_starts() {
+    install_crds();
+    let ns = TestNamespace::new("missing");
+    let topic = unique("missing");
+    let _controller = ControllerProcess::start(&ns.name, 10);
+    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &run_yaml("early", "later", "kafka"));
+    wait_until(MINUTE, "reason WorkflowNotFound", || {
+        (status(&ns.name, "early", "{.status.reason}") == "WorkflowNotFound").then_some(())
+    });
+    assert_eq!(status(&ns.name, "early", "{.status.phase}"), "Pending");
+    env().apply(&ns.name, &publish_workflow("later", &topic, 10, None));
+    wait_phase(&ns.name, "early", "Completed", MINUTE);
+    assert_eq!(count("kafka-count", &topic), 10);
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn stop_goes_through_stopping_to_stopped_and_publishing_halts() {
+    install_crds();
+    let ns = TestNamespace::new("stop");
+    let topic = unique("stop");
+    let _controller = ControllerProcess::start(&ns.name, 10);
+    env().apply(&ns.name, &connectors());
+    env().apply(
+        &ns.name,
+        &publish_workflow("slow", &topic, 100_000, Some(200)),
+    );
+    env().apply(&ns.name, &run_yaml("s1", "slow", "kafka"));
+    wait_until(MINUTE, "some messages published", || {
+        let n: i64 = status(&ns.name, "s1", "{.status.messagesPublished}")
+            .parse()
+            .unwrap_or(0);
+        (n >= 100).then_some(())
+    });
+    env().kubectl_ok(&[
+        "patch",
+        "run",
+        "s1",
+        "-n",
+        &ns.name,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"stop":true}}"#,
+    ]);
+    wait_phase(&ns.name, "s1", "Stopped", MINUTE);
+    let published: i64 = status(&ns.name, "s1", "{.status.messagesPublished}")
+        .parse()
+        .unwrap();
+    assert!(
+        published > 0 && published < 100_000,
+        "published {published}"
+    );
+    let on_broker = count("kafka-count", &topic);
+    assert_eq!(
+        on_broker, published,
+        "the broker holds exactly what status reports"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        count("kafka-count", &topic),
+        on_broker,
+        "nothing is published after Stopped"
+    );
+    assert_eq!(
+        status(
+            &ns.name,
+            "s1",
+            r#"{.status.conditions[?(@.type=="Succeeded")].status}"#
+        ),
+        "False"
+    );
+    let events = env().kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "involvedObject.name=s1",
+    ]);
+    assert!(
+        events.contains("Stopping") && events.contains("Stopped"),
+        "{events}"
+    );
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn an_unreachable_broker_fails_the_connector_and_the_run() {
+    install_crds();
+    let ns = TestNamespace::new("unreach");
+    let _controller = ControllerProcess::start(&ns.name, 10);
+    env().apply(
+        &ns.name,
+        "apiVersion: devset.io/v1alpha1\nkind: BrokerConnector\nmetadata: {name: nowhere}\n\
+         spec: {kafka: {bootstrapServers: \"127.0.0.1:1\"}}\n",
+    );
+    wait_until(MINUTE, "connector Ready=False/Unreachable", || {
+        let c = env().jsonpath(&ns.name, "bc", "nowhere", r#"{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}"#);
+        (c == "False/Unreachable").then_some(())
+    });
+    env().apply(
+        &ns.name,
+        "apiVersion: devset.io/v1alpha1\nkind: Workflow\nmetadata: {name: w}\nspec:\n  stages:\n\
+         \x20   - name: push\n      timeout: 5s\n      publish: {topic: t, count: 5}\n",
+    );
+    env().apply(&ns.name, &run_yaml("u1", "w", "nowhere"));
+    wait_phase(&ns.name, "u1", "Failed", MINUTE);
+    let msg = status(&ns.name, "u1", "{.status.message}");
+    assert!(msg.contains("push"), "the message names the stage: {msg}");
+    let stage = status(&ns.name, "u1", "{.status.stages[0].phase}");
+    assert_eq!(stage, "Failed");
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn at_most_max_active_runs_run_at_once_and_start_oldest_first() {
+    install_crds();
+    let ns = TestNamespace::new("limit");
+    let _controller = ControllerProcess::start(&ns.name, 2);
+    env().apply(&ns.name, &connectors());
+    env().apply(
+        &ns.name,
+        "apiVersion: devset.io/v1alpha1\nkind: Workflow\nmetadata: {name: wait}\nspec:\n  stages:\n\
+         \x20   - name: wait\n      delay: {duration: 3s}\n",
+    );
+    let names = ["c1", "c2", "c3", "c4", "c5"];
+    for name in names {
+        env().apply(&ns.name, &run_yaml(name, "wait", "kafka"));
+    }
+    // Poll the phases; record when each run is first seen active.
+    let mut first_active = [usize::MAX; 5];
+    let mut max_active = 0;
+    let deadline = Instant::now() + 2 * MINUTE;
+    for poll in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "runs did not all complete: {first_active:?}"
+        );
+        let phases = env().kubectl_ok(&[
+            "get",
+            "runs",
+            "-n",
+            &ns.name,
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name}={.status.phase};{end}"#,
+        ]);
+        let phase_of = |n: &str| {
+            phases
+                .split(';')
+                .find_map(|kv| kv.strip_prefix(&format!("{n}=")))
+                .unwrap_or("")
+                .to_string()
+        };
+        let mut active = 0;
+        let mut completed = 0;
+        for (i, n) in names.iter().enumerate() {
+            match phase_of(n).as_str() {
+                "Running" | "Stopping" => {
+                    active += 1;
+                    first_active[i] = first_active[i].min(poll);
+                }
+                "Completed" => {
+                    completed += 1;
+                    first_active[i] = first_active[i].min(poll);
+                }
+                "Failed" => panic!("run {n} failed"),
+                _ => {}
+            }
+        }
+        max_active = max_active.max(active);
+        assert!(active <= 2, "{active} runs active at once: {phases}");
+        if completed == 5 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(max_active, 2, "the limit was used");
+    assert!(
+        first_active.windows(2).all(|w| w[0] <= w[1]),
+        "runs started in creation order: {first_active:?}"
+    );
+    let reason = env().kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "involvedObject.name=c5",
+    ]);
+    assert!(reason.contains("Queued"), "c5 was queued: {reason}");
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn a_killed_controller_resumes_the_run_from_its_status() {
+    install_crds();
+    let ns = TestNamespace::new("crash");
+    let topic = unique("crash");
+    let total = 20_000;
+    let mut controller = ControllerProcess::start(&ns.name, 10);
+    env().apply(&ns.name, &connectors());
+    env().apply(
+        &ns.name,
+        &publish_workflow("steady", &topic, total, Some(2_000)),
+    );
+    env().apply(&ns.name, &run_yaml("k1", "steady", "kafka"));
+    wait_until(MINUTE, "a few thousand messages", || {
+        let n: u64 = status(&ns.name, "k1", "{.status.messagesPublished}")
+            .parse()
+            .unwrap_or(0);
+        (n >= 3_000).then_some(())
+    });
+    controller.kill();
+    let at_kill: u64 = status(&ns.name, "k1", "{.status.messagesPublished}")
+        .parse()
+        .unwrap();
+    assert_eq!(status(&ns.name, "k1", "{.status.phase}"), "Running");
+    let _controller = ControllerProcess::start(&ns.name, 10);
+    wait_phase(&ns.name, "k1", "Completed", 2 * MINUTE);
+    let published: u64 = status(&ns.name, "k1", "{.status.messagesPublished}")
+        .parse()
+        .unwrap();
+    let on_broker = count("kafka-count", &topic) as u64;
+    eprintln!(
+        "crash test: killed at {at_kill} recorded, status {published}, broker {on_broker}: {} duplicate(s)",
+        on_broker - total
+    );
+    assert_eq!(published, total, "status counts each sequence number once");
+    assert!(on_broker >= total, "at least once: {on_broker} >= {total}");
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn deleting_a_running_run_stops_it_and_the_object_goes() {
+    install_crds();
+    let ns = TestNamespace::new("delete");
+    let topic = unique("delete");
+    let _controller = ControllerProcess::start(&ns.name, 10);
+    env().apply(&ns.name, &connectors());
+    env().apply(
+        &ns.name,
+        &publish_workflow("slow", &topic, 100_000, Some(200)),
+    );
+    env().apply(&ns.name, &run_yaml("d1", "slow", "kafka"));
+    wait_until(MINUTE, "some messages published", || {
+        let n: i64 = status(&ns.name, "d1", "{.status.messagesPublished}")
+            .parse()
+            .unwrap_or(0);
+        (n >= 50).then_some(())
+    });
+    let finalizers = status(&ns.name, "d1", "{.metadata.finalizers}");
+    assert!(finalizers.contains("devset.io/run"), "{finalizers}");
+    env().kubectl_ok(&["delete", "run", "d1", "-n", &ns.name, "--timeout=60s"]);
+    let gone = env().kubectl(&["get", "run", "d1", "-n", &ns.name]);
+    assert!(!gone.status.success(), "the run is gone");
+    let after = count("kafka-count", &topic);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count("kafka-count", &topic), after, "publishing stopped");
+    assert!(after < 100_000);
+}
