@@ -103,7 +103,13 @@ logger.clients.level = WARN
 EOF
 
   # KRaft needs its storage formatted once, with a cluster id (base64url of 16 random bytes).
-  cluster_id=$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+  # Like Kafka's own random-uuid: URL-safe base64 of 16 random bytes, never starting with '-'
+  # (the storage tool would take such an id for an option).
+  cluster_id=$(python3 -c 'import base64,uuid
+while True:
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not s.startswith("-"): break
+print(s)')
   # All JVMs run through tests/bin/kafka-java, which keeps a class-data archive per main class
   # in the cache: the second start of the broker takes about half the time of the first.
   export KAFKA_LIBS="$libs"
