@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{ControllerProcess, TestNamespace, env, install_crds, unique, wait_until};
+use common::{
+    ControllerProcess, TestNamespace, env, free_port, http_get, install_crds, unique, wait_until,
+};
 use std::time::{Duration, Instant};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -467,4 +469,88 @@ fn deleting_a_running_run_stops_it_and_the_object_goes() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(count("kafka-count", &topic), after, "publishing stopped");
     assert!(after < 100_000);
+}
+
+/// The value of the sample `series` (name and labels exactly) in a `/metrics` text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn metrics_count_reconciles_runs_and_published_messages() {
+    install_crds();
+    let ns = TestNamespace::new("metrics");
+    let topic = unique("metrics");
+    let port = free_port();
+    let _controller = ControllerProcess::start_with_metrics(&ns.name, 10, port);
+    // Up and ready once the controllers have started.
+    wait_until(MINUTE, "/readyz to answer 200", || {
+        matches!(http_get(port, "/readyz"), Ok((200, _))).then_some(())
+    });
+    let (code, body) = http_get(port, "/healthz").unwrap();
+    assert_eq!((code, body.trim()), (200, "ok"));
+    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &publish_workflow("twenty", &topic, 20, None));
+    env().apply(&ns.name, &run_yaml("m1", "twenty", "kafka"));
+    wait_phase(&ns.name, "m1", "Completed", MINUTE);
+    assert_eq!(count("kafka-count", &topic), 20);
+
+    // The store behind runs_by_phase sees Completed a moment after kubectl does.
+    let text = wait_until(Duration::from_secs(30), "runs_by_phase Completed 1", || {
+        let (code, text) = http_get(port, "/metrics").ok()?;
+        assert_eq!(code, 200, "{text}");
+        (sample(&text, r#"devset_runs_by_phase{phase="Completed"}"#) == Some(1.0)).then_some(text)
+    });
+    let published = sample(
+        &text,
+        r#"devset_engine_messages_published_total{broker="kafka"}"#,
+    );
+    assert!(
+        published >= Some(20.0),
+        "published {published:?} in:\n{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"devset_engine_messages_published_total{broker="rabbitmq"}"#
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "devset_runs_active"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(&text, r#"devset_runs_by_phase{phase="Running"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    for controller in ["workflowrun", "workflow", "brokerconnector"] {
+        let runs = sample(
+            &text,
+            &format!(r#"devset_reconcile_runs_total{{controller="{controller}"}}"#),
+        );
+        assert!(
+            runs >= Some(1.0),
+            "{controller} reconciles {runs:?} in:\n{text}"
+        );
+        let timed = sample(
+            &text,
+            &format!(r#"devset_reconcile_duration_seconds_count{{controller="{controller}"}}"#),
+        );
+        // A reconcile in flight during the scrape is counted but not timed yet.
+        assert!(
+            timed >= Some(1.0) && timed <= runs,
+            "{controller} reconciles timed {timed:?} of {runs:?}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &text,
+            r#"devset_engine_stage_duration_seconds_count{action="publish",outcome="succeeded"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
 }

@@ -1,6 +1,8 @@
 //! BrokerConnector: resolve the Secret, probe the broker, report `Ready`.
 
-use super::{Context, Error, Result, apply_status, conditions, drain, watcher_api};
+use super::{
+    Context, Error, Result, apply_status, conditions, drain, metrics::BROKERCONNECTOR, watcher_api,
+};
 use crate::{
     api::{BrokerConnector, BrokerConnectorStatus, conditions::READY},
     brokers::{self, BrokerConfig},
@@ -20,10 +22,11 @@ pub async fn controller(ctx: Arc<Context>) {
     let stream = Controller::new(api, watcher::Config::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx);
-    drain("brokerconnector", stream).await;
+    drain(BROKERCONNECTOR, stream).await;
 }
 
-fn error_policy(_: Arc<BrokerConnector>, err: &Error, _: Arc<Context>) -> Action {
+fn error_policy(_: Arc<BrokerConnector>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile.set_failure(BROKERCONNECTOR, err);
     tracing::warn!(error = %err, label = err.metric_label(), "BrokerConnector reconcile failed");
     Action::requeue(Duration::from_secs(10))
 }
@@ -74,6 +77,7 @@ fn secret_names(bc: &BrokerConnector) -> Vec<String> {
 
 #[instrument(skip_all, fields(namespace = bc.namespace().unwrap_or_default(), name = bc.name_any()))]
 async fn reconcile(bc: Arc<BrokerConnector>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile.count_and_measure(BROKERCONNECTOR);
     let kind = if bc.spec.kafka.is_some() {
         "kafka"
     } else {

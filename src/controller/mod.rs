@@ -2,6 +2,7 @@
 
 pub mod conditions;
 mod connector;
+pub mod metrics;
 mod run;
 mod workflow;
 
@@ -33,6 +34,9 @@ pub struct Settings {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "DEVSET_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Where to serve `/metrics` (Prometheus), `/healthz` and `/readyz`.
+    #[arg(long, env = "DEVSET_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
 }
 
 /// Errors of a reconcile.
@@ -65,6 +69,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     pub runs: run::Runs,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Context {
@@ -141,6 +146,7 @@ async fn check_crds(client: &Client) -> anyhow::Result<()> {
 
 /// Runs the three controllers until SIGTERM or Ctrl-C.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let listener = metrics::bind(settings.metrics_addr).await?;
     let client = Client::try_default().await?;
     check_crds(&client).await?;
     let reporter = Reporter {
@@ -148,11 +154,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         instance: std::env::var("POD_NAME").ok(),
     };
     let (runs_ctl, runs) = run::controller(client.clone(), &settings);
+    let metrics = Arc::new(metrics::Metrics::new(runs.store.clone()));
+    let stop_server = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(metrics::serve(
+        listener,
+        metrics.clone(),
+        stop_server.clone(),
+    ));
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         settings: settings.clone(),
         runs,
+        metrics,
     });
     info!(
         max_active_runs = settings.max_active_runs,
@@ -162,10 +176,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let connectors = connector::controller(ctx.clone());
     let workflows = workflow::controller(ctx.clone());
     let runs = runs_ctl(ctx.clone());
+    ctx.metrics.set_ready(true);
     tokio::join!(connectors, workflows, runs);
+    ctx.metrics.set_ready(false);
     // The run controller ended on a signal: stop the runs in flight gracefully so that a
     // restarted controller resumes them from their status.
     ctx.runs.shutdown(Duration::from_secs(20)).await;
+    stop_server.cancel();
+    let _ = server.await;
     info!("devset controller stopped");
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! own whose progress is written to status, coalesced.
 
 use super::{
-    Context, Error, FINALIZER, Result, apply_status, conditions, connector, drain, watcher_api,
+    Context, Error, FINALIZER, Result, apply_status, conditions, connector, drain,
+    metrics::{RunMetrics, WORKFLOWRUN},
+    watcher_api,
 };
 use crate::{
     api::{
@@ -45,7 +47,7 @@ const WRITE_INTERVAL: Duration = Duration::from_millis(500);
 /// The runs this controller is executing, and the concurrency limit.
 #[derive(Clone)]
 pub struct Runs {
-    store: Store<WorkflowRun>,
+    pub(super) store: Store<WorkflowRun>,
     active: Arc<tokio::sync::Mutex<HashMap<String, Active>>>,
     trigger: mpsc::UnboundedSender<()>,
     max: usize,
@@ -102,7 +104,7 @@ pub fn controller(
         .reconcile_all_on(triggered)
         .shutdown_on_signal();
     let run = move |ctx: Arc<Context>| -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(async move { drain("workflowrun", ctl.run(reconcile, error_policy, ctx)).await })
+        Box::pin(async move { drain(WORKFLOWRUN, ctl.run(reconcile, error_policy, ctx)).await })
     };
     (run, runs)
 }
@@ -130,13 +132,15 @@ fn phase(run: &WorkflowRun) -> RunPhase {
         .unwrap_or_default()
 }
 
-fn error_policy(_: Arc<WorkflowRun>, err: &Error, _: Arc<Context>) -> Action {
+fn error_policy(_: Arc<WorkflowRun>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile.set_failure(WORKFLOWRUN, err);
     warn!(error = %err, label = err.metric_label(), "WorkflowRun reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
 
 #[instrument(skip_all, fields(namespace = run.namespace().unwrap_or_default(), name = run.name_any()))]
 async fn reconcile(run: Arc<WorkflowRun>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile.count_and_measure(WORKFLOWRUN);
     let api: Api<WorkflowRun> = ctx.api(&run.namespace().unwrap_or_default());
     finalizer(&api, FINALIZER, run, |event| async {
         match event {
@@ -571,6 +575,7 @@ struct Tracker {
     status: Mutex<WorkflowRunStatus>,
     /// Wakes the writer at once (stage transitions, phase changes).
     changed: Notify,
+    metrics: RunMetrics,
 }
 
 impl Tracker {
@@ -601,6 +606,7 @@ impl Tracker {
 
 impl Observer for Tracker {
     fn stage_started(&self, stage: &str, attempt: u32) {
+        self.metrics.stage_started(stage);
         self.stage(stage, |s, _| {
             s.phase = StagePhase::Running;
             s.started_at.get_or_insert(Time(Timestamp::now()));
@@ -610,6 +616,7 @@ impl Observer for Tracker {
     }
 
     fn published(&self, stage: &str, _target: &str, _msg: &Message, _delivery: &Delivery) {
+        self.metrics.published(stage);
         self.stage(stage, |s, st| {
             *s.published.get_or_insert(0) += 1;
             *st.messages_published.get_or_insert(0) += 1;
@@ -626,6 +633,7 @@ impl Observer for Tracker {
     }
 
     fn stage_finished(&self, stage: &str, outcome: &StageOutcome) {
+        self.metrics.stage_finished(stage, outcome);
         self.stage(stage, |s, _| {
             s.completed_at = Some(Time(Timestamp::now()));
             match outcome {
@@ -657,6 +665,7 @@ fn spawn(
     let tracker = Arc::new(Tracker {
         status: Mutex::new(status.clone()),
         changed: Notify::new(),
+        metrics: ctx.metrics.run(&input),
     });
     let stop = CancellationToken::new();
     let (done_tx, done_rx) = watch::channel(false);
@@ -667,7 +676,9 @@ fn spawn(
     let engine_stop = stop.clone();
     let shutdown = runs.shutdown.clone();
     let generation = run.metadata.generation;
+    let active_run = ctx.metrics.engine.run_active();
     tokio::spawn(async move {
+        let _active_run = active_run;
         // A controller shutdown stops the engine too, but the run stays Running (to resume).
         let engine_token = engine_stop.clone();
         let watch_shutdown = shutdown.clone();

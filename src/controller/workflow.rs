@@ -1,6 +1,8 @@
 //! Workflow: check what CEL cannot (cycles, templates, params) and report `Ready`.
 
-use super::{Context, Error, Result, apply_status, conditions, drain, watcher_api};
+use super::{
+    Context, Error, Result, apply_status, conditions, drain, metrics::WORKFLOW, watcher_api,
+};
 use crate::{
     api::{Workflow, WorkflowStatus, conditions::READY},
     engine::check::check_workflow,
@@ -18,16 +20,18 @@ pub async fn controller(ctx: Arc<Context>) {
     let stream = Controller::new(api, watcher::Config::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx);
-    drain("workflow", stream).await;
+    drain(WORKFLOW, stream).await;
 }
 
-fn error_policy(_: Arc<Workflow>, err: &Error, _: Arc<Context>) -> Action {
+fn error_policy(_: Arc<Workflow>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile.set_failure(WORKFLOW, err);
     tracing::warn!(error = %err, label = err.metric_label(), "Workflow reconcile failed");
     Action::requeue(Duration::from_secs(10))
 }
 
 #[instrument(skip_all, fields(namespace = wf.namespace().unwrap_or_default(), name = wf.name_any()))]
 async fn reconcile(wf: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile.count_and_measure(WORKFLOW);
     let problems = check_workflow(&wf.spec);
     let (status, reason, message) = match problems.first() {
         None => (

@@ -274,7 +274,14 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
+    /// Serves its metrics on a port of the system's choosing (so that several can run at once).
     pub fn start(ns: &str, max_active_runs: usize) -> Self {
+        Self::start_with_metrics(ns, max_active_runs, 0)
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `127.0.0.1:metrics_port` (see
+    /// [`free_port`]).
+    pub fn start_with_metrics(ns: &str, max_active_runs: usize, metrics_port: u16) -> Self {
         let dir = repo().join("target/it-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("controller-{ns}-{}.log", unique("c")));
@@ -285,6 +292,7 @@ impl ControllerProcess {
             .env("DEVSET_NAMESPACE", ns)
             .env("DEVSET_ENGINE_MAX_ACTIVE_RUNS", max_active_runs.to_string())
             .env("DEVSET_PROBE_INTERVAL_SECONDS", "5")
+            .env("DEVSET_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("RUST_LOG", "info,devset=debug,kube=warn")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -315,4 +323,29 @@ impl Drop for ControllerProcess {
             );
         }
     }
+}
+
+/// A TCP port that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `GET path` over HTTP/1.0 on `127.0.0.1:port`: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head}")))?;
+    Ok((code, body.to_string()))
 }
