@@ -373,7 +373,20 @@ async fn publish(shared: &Shared, stage: &Stage, published: &mut u64) -> StageOu
             }
         }
         let msg = bound.render(seq);
-        match producer.send(&target, &msg).await {
+        // Keep collecting acknowledgements while `send` waits for room: a client may free its
+        // window only as the deliveries already handed out are polled to completion.
+        let sent = {
+            let send = producer.send(&target, &msg);
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut send => break r,
+                    Some(res) = in_flight.next(), if !in_flight.is_empty() => on_done(res, published, &mut error),
+                }
+            }
+        };
+        match sent {
             Ok(pending) => in_flight.push(pending.map(move |r| (msg, r))),
             Err(e) => {
                 error = Some(e);
