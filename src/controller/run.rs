@@ -203,7 +203,7 @@ async fn apply(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action> {
 async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) -> Result<Action> {
     let ns = run.namespace().unwrap_or_default();
     if run.spec.stop {
-        finish_pending(
+        return finish_pending(
             &run,
             status,
             ctx,
@@ -211,8 +211,7 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
             "Stopped",
             "stopped before it started".into(),
         )
-        .await?;
-        return Ok(Action::await_change());
+        .await;
     }
     let wf_name = &run.spec.workflow_ref.name;
     let Some(wf) = ctx.api::<Workflow>(&ns).get_opt(wf_name).await? else {
@@ -226,8 +225,7 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
             "Workflow {wf_name:?} is not ready: {}: {}",
             p.field, p.message
         );
-        finish_pending(&run, status, ctx, RunPhase::Failed, p.reason, msg).await?;
-        return Ok(Action::await_change());
+        return finish_pending(&run, status, ctx, RunPhase::Failed, p.reason, msg).await;
     }
     let brokers = match resolve_brokers(ctx, &ns, &run, &wf.spec).await? {
         Ok(b) => b,
@@ -236,7 +234,7 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
     let params = match resolve_params(&wf.spec.params, &run.spec.params) {
         Ok(p) => p,
         Err(e) => {
-            finish_pending(
+            return finish_pending(
                 &run,
                 status,
                 ctx,
@@ -244,8 +242,7 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
                 "InvalidParam",
                 format!("spec.params: {e}"),
             )
-            .await?;
-            return Ok(Action::await_change());
+            .await;
         }
     };
 
@@ -325,7 +322,7 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
 async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) -> Result<Action> {
     let ns = run.namespace().unwrap_or_default();
     if run.spec.stop || status.phase == Some(RunPhase::Stopping) {
-        finish_pending(
+        return finish_pending(
             &run,
             status,
             ctx,
@@ -333,11 +330,10 @@ async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context)
             "Stopped",
             "stopped".into(),
         )
-        .await?;
-        return Ok(Action::await_change());
+        .await;
     }
     let Some(spec) = status.workflow.clone() else {
-        finish_pending(
+        return finish_pending(
             &run,
             status,
             ctx,
@@ -345,20 +341,18 @@ async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context)
             "LostState",
             "the run has no pinned workflow to resume".into(),
         )
-        .await?;
-        return Ok(Action::await_change());
+        .await;
     };
     let brokers = match resolve_brokers(ctx, &ns, &run, &spec).await? {
         Ok(b) => b,
         Err((reason, msg)) => {
-            finish_pending(&run, status, ctx, RunPhase::Failed, reason, msg).await?;
-            return Ok(Action::await_change());
+            return finish_pending(&run, status, ctx, RunPhase::Failed, reason, msg).await;
         }
     };
     let params = match resolve_params(&spec.params, &run.spec.params) {
         Ok(p) => p,
         Err(e) => {
-            finish_pending(
+            return finish_pending(
                 &run,
                 status,
                 ctx,
@@ -366,8 +360,7 @@ async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context)
                 "InvalidParam",
                 format!("spec.params: {e}"),
             )
-            .await?;
-            return Ok(Action::await_change());
+            .await;
         }
     };
     let resume = status
@@ -509,7 +502,7 @@ async fn finish_pending(
     phase: RunPhase,
     reason: &str,
     message: String,
-) -> Result<()> {
+) -> Result<Action> {
     let mut new = status;
     finalize(&mut new, phase, reason, &message, run.metadata.generation);
     apply_status(
@@ -524,7 +517,7 @@ async fn finish_pending(
         EventType::Normal
     };
     ctx.event(run, type_, reason, message).await;
-    Ok(())
+    Ok(Action::await_change())
 }
 
 fn finalize(
