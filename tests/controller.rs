@@ -554,3 +554,71 @@ fn metrics_count_reconciles_runs_and_published_messages() {
         "{text}"
     );
 }
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn problems_cel_cannot_see_show_up_in_status_with_a_reason() {
+    install_crds();
+    let ns = TestNamespace::new("problems");
+    let _controller = ControllerProcess::start(&ns.name, 10);
+    let (url, _, _) = env().amqp_parts();
+    env().apply(&ns.name, &connectors());
+    env().apply(
+        &ns.name,
+        &format!(
+            "apiVersion: devset.io/v1alpha1\nkind: BrokerConnector\nmetadata: {{name: nosecret}}\n\
+             spec: {{rabbitmq: {{url: \"{url}\", secretRef: {{name: missing}}}}}}\n---\n\
+             apiVersion: devset.io/v1alpha1\nkind: Workflow\nmetadata: {{name: cycle}}\nspec:\n  stages:\n\
+             \x20   - {{name: a, dependsOn: [b], delay: {{duration: 1s}}}}\n\
+             \x20   - {{name: b, dependsOn: [a], delay: {{duration: 1s}}}}\n---\n\
+             apiVersion: devset.io/v1alpha1\nkind: Workflow\nmetadata: {{name: typed}}\nspec:\n\
+             \x20 params: [{{name: num, type: integer, required: true}}]\n  stages:\n\
+             \x20   - {{name: p, publish: {{topic: t, payload: 'n={{{{ params.num }}}}'}}}}\n"
+        ),
+    );
+    let ready = |kind: &str, name: &str| {
+        env().jsonpath(
+            &ns.name,
+            kind,
+            name,
+            r#"{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}"#,
+        )
+    };
+    wait_until(MINUTE, "connector without its Secret", || {
+        (ready("bc", "nosecret") == "False/SecretNotFound").then_some(())
+    });
+    wait_until(MINUTE, "workflow with a cycle", || {
+        (ready("wf", "cycle") == "False/DependencyCycle").then_some(())
+    });
+    assert_eq!(ready("wf", "typed"), "True/Valid");
+
+    // A run of the cyclic workflow fails with the workflow's reason.
+    env().apply(&ns.name, &run_yaml("cyc", "cycle", "kafka"));
+    wait_phase(&ns.name, "cyc", "Failed", MINUTE);
+    assert_eq!(
+        status(&ns.name, "cyc", "{.status.reason}"),
+        "DependencyCycle"
+    );
+    // A param of the wrong type fails the run, naming the param.
+    env().apply(
+        &ns.name,
+        "apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {name: badparam}\n\
+         spec: {workflowRef: {name: typed}, connectorRef: {name: kafka}, params: {num: many}}\n",
+    );
+    wait_phase(&ns.name, "badparam", "Failed", MINUTE);
+    assert_eq!(
+        status(&ns.name, "badparam", "{.status.reason}"),
+        "InvalidParam"
+    );
+    let msg = status(&ns.name, "badparam", "{.status.message}");
+    assert!(msg.contains("\"num\""), "the message names the param: {msg}");
+    // A run through the connector whose Secret is missing waits for it.
+    env().apply(
+        &ns.name,
+        &run_yaml("waits", "typed", "nosecret").replace("}}\n", "}, params: {num: 3}}\n"),
+    );
+    wait_until(MINUTE, "run waiting for the Secret", || {
+        (status(&ns.name, "waits", "{.status.phase}/{.status.reason}") == "Pending/SecretNotFound")
+            .then_some(())
+    });
+}
