@@ -611,7 +611,10 @@ fn problems_cel_cannot_see_show_up_in_status_with_a_reason() {
         "InvalidParam"
     );
     let msg = status(&ns.name, "badparam", "{.status.message}");
-    assert!(msg.contains("\"num\""), "the message names the param: {msg}");
+    assert!(
+        msg.contains("\"num\""),
+        "the message names the param: {msg}"
+    );
     // A run through the connector whose Secret is missing waits for it.
     env().apply(
         &ns.name,
