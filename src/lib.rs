@@ -7,4 +7,5 @@ pub mod brokers;
 pub mod controller;
 pub mod crdgen;
 pub mod engine;
+pub mod events;
 pub mod message;
