@@ -406,7 +406,7 @@ impl RunState {
         Some(Row {
             seq: self.last_seq as i64,
             kind: event.kind,
-            time_us: event.time.as_microsecond() as i64,
+            time_us: event.time.as_microsecond(),
             data,
         })
     }

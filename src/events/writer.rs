@@ -10,7 +10,7 @@ use tracing::warn;
 const MAX_BATCH: usize = 5_000;
 
 enum Cmd {
-    Append(Append),
+    Append(Box<Append>),
     Dropped(RunKey, u64),
     Delete(RunKey, oneshot::Sender<Result<(), StoreError>>),
     Flush(oneshot::Sender<()>),
@@ -44,10 +44,10 @@ impl EventLog {
 
     /// Queues `event` for `run`; it gets its sequence number when written. Never blocks.
     pub fn append(&self, run: &RunKey, event: Event) {
-        let _ = self.tx.send(Cmd::Append(Append {
+        let _ = self.tx.send(Cmd::Append(Box::new(Append {
             run: run.clone(),
             event,
-        }));
+        })));
     }
 
     /// Counts `n` message events of `run` that were left out (beyond the cap) without
@@ -86,7 +86,7 @@ async fn write(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         let mut delete = None;
         while let Some(cmd) = next.take() {
             match cmd {
-                Cmd::Append(a) => batch.push(a),
+                Cmd::Append(a) => batch.push(*a),
                 Cmd::Dropped(run, n) => *dropped.entry(run).or_default() += n,
                 Cmd::Flush(tx) => flushed.push(tx),
                 Cmd::Delete(run, tx) => {
