@@ -9,7 +9,7 @@ use devset::{
     api::{PublishAction, Stage, WorkflowSpec},
     brokers::{BrokerConfig, Delivery},
     engine::runner::{self, Observer, RunInput, StageOutcome},
-    message::Message,
+    message::{Message, Target},
 };
 use std::{
     collections::BTreeMap,
@@ -25,7 +25,7 @@ struct Count(AtomicU64);
 
 impl Observer for Count {
     fn stage_started(&self, _: &str, _: u32) {}
-    fn published(&self, _: &str, _: &str, _: &Message, _: &Delivery) {
+    fn published(&self, _: &str, _: &str, _: &Target, _: &Message, _: &Delivery) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
     fn stage_retrying(&self, _: &str, _: u32, _: &str, _: &str) {}

@@ -9,3 +9,4 @@ pub mod crdgen;
 pub mod engine;
 pub mod events;
 pub mod message;
+pub mod server;

@@ -14,8 +14,9 @@ struct Cli {
 enum Command {
     /// Run the controller that reconciles BrokerConnectors, Workflows and WorkflowRuns.
     Controller(devset::controller::Settings),
-    /// Serve the HTTP API (run event logs over SSE) on port 8082.
-    Api,
+    /// Serve the HTTP API on port 8082: run event logs over SSE, pages and CSV export, the
+    /// run list, and stop.
+    Api(devset::server::Settings),
     /// Print the CustomResourceDefinitions of the devset.io API as YAML.
     ///
     /// Install them with: devset crds | kubectl apply --server-side -f -
@@ -55,9 +56,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_tracing();
             tokio::runtime::Runtime::new()?.block_on(devset::controller::run(settings))?;
         }
-        Command::Api => {
-            eprintln!("devset: this subcommand is not built yet");
-            return Ok(ExitCode::from(2));
+        Command::Api(settings) => {
+            init_tracing();
+            tokio::runtime::Runtime::new()?.block_on(devset::server::run(settings))?;
         }
     }
     Ok(ExitCode::SUCCESS)

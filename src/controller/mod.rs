@@ -37,6 +37,8 @@ pub struct Settings {
     /// Where to serve `/metrics` (Prometheus), `/healthz` and `/readyz`.
     #[arg(long, env = "DEVSET_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub events: crate::events::Settings,
 }
 
 /// Errors of a reconcile.
@@ -48,6 +50,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("serialize status: {0}")]
     Serialize(#[from] serde_json::Error),
+    #[error("{0}")]
+    Events(#[from] crate::events::StoreError),
 }
 
 impl Error {
@@ -57,6 +61,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
             Error::Serialize(_) => "serialize",
+            Error::Events(_) => "events",
         }
     }
 }
@@ -70,6 +75,8 @@ pub struct Context {
     pub settings: Settings,
     pub runs: run::Runs,
     pub metrics: Arc<metrics::Metrics>,
+    /// The run event log.
+    pub events: crate::events::EventLog,
 }
 
 impl Context {
@@ -149,6 +156,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = metrics::bind(settings.metrics_addr).await?;
     let client = Client::try_default().await?;
     check_crds(&client).await?;
+    let store = settings.events.open().await?;
+    let events = crate::events::EventLog::start(store.clone());
+    let expiry = tokio::spawn(crate::events::expire_periodically(
+        store.clone(),
+        settings.events.retention(),
+    ));
     let reporter = Reporter {
         controller: MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -167,9 +180,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings: settings.clone(),
         runs,
         metrics,
+        events,
     });
     info!(
         max_active_runs = settings.max_active_runs,
+        event_store = store.describe(),
         "devset controller starting"
     );
 
@@ -182,6 +197,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // The run controller ended on a signal: stop the runs in flight gracefully so that a
     // restarted controller resumes them from their status.
     ctx.runs.shutdown(Duration::from_secs(20)).await;
+    expiry.abort();
+    ctx.events.flush().await;
     stop_server.cancel();
     let _ = server.await;
     info!("devset controller stopped");

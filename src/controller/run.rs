@@ -17,7 +17,8 @@ use crate::{
         params::resolve_params,
         runner::{self, Observer, RunInput, RunOutcome, StageOutcome, StageResume},
     },
-    message::Message,
+    events::{self, Event, EventLog, EventTarget, RunKey},
+    message::{Message, Target},
 };
 use futures::channel::mpsc;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -34,7 +35,10 @@ use kube::{
 };
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 use tokio::sync::{Notify, watch};
@@ -157,6 +161,19 @@ fn key(run: &WorkflowRun) -> String {
         .unwrap_or_else(|| format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any()))
 }
 
+/// The run's key in the event log.
+fn log_key(run: &WorkflowRun) -> RunKey {
+    RunKey::new(run.namespace().unwrap_or_default(), run.name_any())
+}
+
+/// Appends a `run.phase` event to the run's log.
+fn log_phase(ctx: &Context, run: &WorkflowRun, phase: RunPhase, reason: &str, message: &str) {
+    ctx.events.append(
+        &log_key(run),
+        Event::phase(&log_key(run), phase, reason, message),
+    );
+}
+
 async fn cleanup(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action> {
     let active = ctx.runs.active.lock().await.remove(&key(&run));
     if let Some(active) = active {
@@ -166,6 +183,8 @@ async fn cleanup(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action> {
         let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d)).await;
         let _ = ctx.runs.trigger.unbounded_send(());
     }
+    // The finalizer stays until the run's events are gone.
+    ctx.events.delete(&log_key(&run)).await?;
     Ok(Action::await_change())
 }
 
@@ -296,6 +315,13 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
         run.metadata.generation,
         now,
     );
+    log_phase(
+        ctx,
+        &run,
+        RunPhase::Running,
+        "Running",
+        new.message.as_deref().unwrap_or_default(),
+    );
     apply_status(&ctx.api::<WorkflowRun>(&ns), run.as_ref(), &new).await?;
     ctx.event(
         run.as_ref(),
@@ -376,6 +402,13 @@ async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context)
         })
         .collect();
     info!("resuming a run left in flight by an earlier controller");
+    log_phase(
+        ctx,
+        &run,
+        RunPhase::Running,
+        "Resumed",
+        "resumed from its status after a controller restart",
+    );
     ctx.event(
         run.as_ref(),
         EventType::Normal,
@@ -478,6 +511,9 @@ async fn pending(
         now,
     );
     if new != status {
+        if status.phase != Some(RunPhase::Pending) || status.reason.as_deref() != Some(reason) {
+            log_phase(ctx, run, RunPhase::Pending, reason, &message);
+        }
         apply_status(
             &ctx.api::<WorkflowRun>(&run.namespace().unwrap_or_default()),
             run,
@@ -505,6 +541,9 @@ async fn finish_pending(
 ) -> Result<Action> {
     let mut new = status;
     finalize(&mut new, phase, reason, &message, run.metadata.generation);
+    // The log's terminal event is durable before the status says the run is over.
+    log_phase(ctx, run, phase, reason, &message);
+    ctx.events.flush().await;
     apply_status(
         &ctx.api::<WorkflowRun>(&run.namespace().unwrap_or_default()),
         run,
@@ -569,6 +608,10 @@ struct Tracker {
     /// Wakes the writer at once (stage transitions, phase changes).
     changed: Notify,
     metrics: RunMetrics,
+    log: EventLog,
+    key: RunKey,
+    /// Message events handed to the log by this execution, against the store's cap.
+    logged: AtomicU64,
 }
 
 impl Tracker {
@@ -593,12 +636,34 @@ impl Tracker {
             st.message = Some("a stop was requested; in-flight work is finishing".into());
         }
         drop(st);
+        if phase == RunPhase::Stopping {
+            self.log.append(
+                &self.key,
+                Event::phase(
+                    &self.key,
+                    phase,
+                    "Stopping",
+                    "a stop was requested; in-flight work is finishing",
+                ),
+            );
+        }
         self.changed.notify_one();
+    }
+
+    /// Appends a stage event.
+    fn log_stage(&self, kind: &str, stage: &str, f: impl FnOnce(&mut Event)) {
+        let mut e = Event {
+            stage: Some(stage.to_owned()),
+            ..Event::new(&self.key, kind)
+        };
+        f(&mut e);
+        self.log.append(&self.key, e);
     }
 }
 
 impl Observer for Tracker {
     fn stage_started(&self, stage: &str, attempt: u32) {
+        self.log_stage(events::STAGE_STARTED, stage, |e| e.attempt = Some(attempt));
         self.metrics.stage_started(stage);
         self.stage(stage, |s, _| {
             s.phase = StagePhase::Running;
@@ -608,7 +673,42 @@ impl Observer for Tracker {
         self.changed.notify_one();
     }
 
-    fn published(&self, stage: &str, _target: &str, _msg: &Message, _delivery: &Delivery) {
+    fn published(
+        &self,
+        stage: &str,
+        connector: &str,
+        target: &Target,
+        msg: &Message,
+        delivery: &Delivery,
+    ) {
+        let limits = self.log.store().limits();
+        if self.logged.fetch_add(1, Ordering::Relaxed) < limits.max_message_events {
+            self.log_stage(events::MESSAGE_PUBLISHED, stage, |e| {
+                e.target = Some(EventTarget::new(
+                    connector,
+                    target,
+                    msg.routing_key.as_deref(),
+                ));
+                e.sequence = Some(msg.seq);
+                e.partition = delivery.partition;
+                e.offset = delivery.offset;
+                e.delivery_tag = delivery.delivery_tag;
+                e.key = msg.key.clone();
+                e.headers =
+                    (!msg.headers.is_empty()).then(|| msg.headers.iter().cloned().collect());
+                // Cut before copying: a large payload is copied only up to the cap.
+                let cut = limits.max_payload_bytes.min(msg.payload.len());
+                let mut end = cut;
+                while !msg.payload.is_char_boundary(end) {
+                    end -= 1;
+                }
+                e.payload = Some(msg.payload[..end].to_owned());
+                e.payload_bytes = Some(msg.payload.len() as u64);
+                e.payload_truncated = end < msg.payload.len();
+            });
+        } else {
+            self.log.dropped(&self.key, 1);
+        }
         self.metrics.published(stage);
         self.stage(stage, |s, st| {
             *s.published.get_or_insert(0) += 1;
@@ -617,6 +717,11 @@ impl Observer for Tracker {
     }
 
     fn stage_retrying(&self, stage: &str, attempt: u32, reason: &str, message: &str) {
+        self.log_stage(events::STAGE_RETRYING, stage, |e| {
+            e.attempt = Some(attempt);
+            e.reason = Some(reason.to_owned());
+            e.message = Some(message.to_owned());
+        });
         self.stage(stage, |s, _| {
             s.message = Some(format!(
                 "attempt {attempt} failed ({reason}): {message}; retrying"
@@ -626,6 +731,16 @@ impl Observer for Tracker {
     }
 
     fn stage_finished(&self, stage: &str, outcome: &StageOutcome) {
+        match outcome {
+            StageOutcome::Succeeded => self.log_stage(events::STAGE_COMPLETED, stage, |_| {}),
+            StageOutcome::Stopped => self.log_stage(events::STAGE_STOPPED, stage, |_| {}),
+            StageOutcome::Failed { reason, message } => {
+                self.log_stage(events::STAGE_FAILED, stage, |e| {
+                    e.reason = Some(reason.clone());
+                    e.message = Some(message.clone());
+                })
+            }
+        }
         self.metrics.stage_finished(stage, outcome);
         self.stage(stage, |s, _| {
             s.completed_at = Some(Time(Timestamp::now()));
@@ -659,6 +774,9 @@ fn spawn(
         status: Mutex::new(status.clone()),
         changed: Notify::new(),
         metrics: ctx.metrics.run(&input),
+        log: ctx.events.clone(),
+        key: log_key(&run),
+        logged: AtomicU64::new(0),
     });
     let stop = CancellationToken::new();
     let (done_tx, done_rx) = watch::channel(false);
@@ -725,6 +843,10 @@ fn spawn(
                 ),
             };
             finalize(&mut last, phase, &reason, &message, generation);
+            // The log's terminal event is durable before the status says the run is over.
+            t.log
+                .append(&t.key, Event::phase(&t.key, phase, &reason, &message));
+            t.log.flush().await;
             if let Err(e) = apply_status(&api, run.as_ref(), &last).await {
                 warn!(error = %e, "cannot write the final status");
             }

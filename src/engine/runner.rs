@@ -11,7 +11,7 @@ use crate::{
         duration::parse_duration,
         template::{PublishTemplates, RunContext, target_of},
     },
-    message::Message,
+    message::{Message, Target},
 };
 use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use std::{
@@ -80,8 +80,15 @@ pub enum RunOutcome {
 pub trait Observer: Send + Sync + 'static {
     /// A stage attempt starts (`attempt` counts from 1, across restarts).
     fn stage_started(&self, stage: &str, attempt: u32);
-    /// The broker acknowledged a message.
-    fn published(&self, stage: &str, target: &str, msg: &Message, delivery: &Delivery);
+    /// The broker acknowledged a message sent through `connector` to `target`.
+    fn published(
+        &self,
+        stage: &str,
+        connector: &str,
+        target: &Target,
+        msg: &Message,
+        delivery: &Delivery,
+    );
     /// An attempt failed and the stage will try again.
     fn stage_retrying(&self, stage: &str, attempt: u32, reason: &str, message: &str);
     /// The stage ended.
@@ -335,7 +342,6 @@ async fn publish(shared: &Shared, stage: &Stage, published: &mut u64) -> StageOu
         Err(e) => return broker_failure(broker, e),
     };
     let target = target_of(action);
-    let target_text = target.to_string();
     let interval = action
         .rate_per_second
         .filter(|r| *r > 0.0)
@@ -351,7 +357,7 @@ async fn publish(shared: &Shared, stage: &Stage, published: &mut u64) -> StageOu
                    error: &mut Option<BrokerError>| match res {
         (msg, Ok(d)) => {
             *published += 1;
-            observer.published(&stage.name, &target_text, &msg, &d);
+            observer.published(&stage.name, connector, &target, &msg, &d);
         }
         (_, Err(e)) => {
             if error.is_none() {

@@ -35,12 +35,13 @@ pub const STAGE_STOPPED: &str = "stage.stopped";
 pub const MESSAGE_PUBLISHED: &str = "message.published";
 
 /// One event of a run, as stored and as served (the `data:` of an SSE event).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// The sequence number in the run: 1, 2, 3, … (0 until appended).
     pub seq: u64,
-    /// When it happened.
+    /// When it happened (RFC 3339).
+    #[schemars(with = "String")]
     pub time: Timestamp,
     /// `run.phase`, `stage.started`, `stage.completed`, `stage.failed`, `message.published`, …
     #[serde(rename = "type")]
@@ -97,7 +98,7 @@ pub struct Event {
 }
 
 /// Where a published message went.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct EventTarget {
     /// The BrokerConnector it went through.
@@ -178,10 +179,11 @@ impl Event {
         self.kind == RUN_PHASE && self.phase.is_some_and(RunPhase::is_finished)
     }
 
-    /// Cuts the payload at `max` bytes (on a character boundary), marking the event.
+    /// Cuts the payload at `max` bytes (on a character boundary), marking the event;
+    /// `payload_bytes` keeps the size before the first cut.
     pub fn cap_payload(&mut self, max: usize) {
         let Some(p) = &mut self.payload else { return };
-        self.payload_bytes = Some(p.len() as u64);
+        self.payload_bytes.get_or_insert(p.len() as u64);
         if p.len() > max {
             let mut cut = max;
             while !p.is_char_boundary(cut) {
@@ -346,6 +348,110 @@ pub struct Appended {
     pub run: RunKey,
     /// The run's last sequence number after the append.
     pub last_seq: u64,
+}
+
+/// Where the event store is (`devset controller` and `devset api`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct StoreArgs {
+    /// The event store: `sqlite://PATH` (or a plain path) for embedded SQLite, or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` for PostgreSQL.
+    #[arg(
+        long,
+        env = "DEVSET_EVENT_STORE",
+        default_value = "sqlite://devset-events.db"
+    )]
+    pub event_store: String,
+}
+
+impl StoreArgs {
+    /// Opens the store with `limits`.
+    pub async fn open(&self, limits: Limits) -> anyhow::Result<Store> {
+        use anyhow::Context as _;
+        Store::open(&self.event_store, limits)
+            .await
+            .with_context(|| format!("opening the event store {}", redact(&self.event_store)))
+    }
+}
+
+/// The event log settings of `devset controller`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Settings {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Message payloads longer than this many bytes are cut in the event log (and marked
+    /// truncated).
+    #[arg(
+        long,
+        env = "DEVSET_EVENTS_MAX_PAYLOAD_BYTES",
+        default_value_t = 65_536
+    )]
+    pub events_max_payload_bytes: usize,
+    /// At most this many `message.published` events are kept per run; the rest are counted.
+    #[arg(
+        long,
+        env = "DEVSET_EVENTS_MAX_MESSAGES_PER_RUN",
+        default_value_t = 100_000
+    )]
+    pub events_max_messages_per_run: u64,
+    /// How long the events of Completed runs are kept (e.g. 90d, 12h).
+    #[arg(long, env = "DEVSET_EVENTS_RETENTION_COMPLETED", default_value = "90d", value_parser = parse_retention)]
+    pub events_retention_completed: Duration,
+    /// How long the events of Failed runs are kept.
+    #[arg(long, env = "DEVSET_EVENTS_RETENTION_FAILED", default_value = "180d", value_parser = parse_retention)]
+    pub events_retention_failed: Duration,
+    /// How long the events of Stopped runs are kept.
+    #[arg(long, env = "DEVSET_EVENTS_RETENTION_STOPPED", default_value = "30d", value_parser = parse_retention)]
+    pub events_retention_stopped: Duration,
+}
+
+impl Settings {
+    /// The bounds of the store.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_payload_bytes: self.events_max_payload_bytes,
+            max_message_events: self.events_max_messages_per_run,
+        }
+    }
+
+    /// The retention by final phase.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            completed: self.events_retention_completed,
+            failed: self.events_retention_failed,
+            stopped: self.events_retention_stopped,
+        }
+    }
+
+    /// Opens the store.
+    pub async fn open(&self) -> anyhow::Result<Store> {
+        self.store.open(self.limits()).await
+    }
+}
+
+/// A store URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// How often expired events are removed.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Removes expired events now and every few minutes, for ever.
+pub async fn expire_periodically(store: Store, retention: Retention) {
+    loop {
+        match store.expire(Timestamp::now(), &retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "expired the events of finished runs"),
+            Err(e) => tracing::warn!(error = %e, "cannot expire old events"),
+        }
+        tokio::time::sleep(EXPIRY_INTERVAL).await;
+    }
 }
 
 /// The final phase as stored (`Completed`, …).

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::api::RunPhase;
 use jiff::Timestamp;
-use sqlx::{AnyConnection, AnyPool, Connection, QueryBuilder, Row as _, any::AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Row as _, any::AnyPoolOptions};
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -203,18 +203,20 @@ impl Store {
                 .filter_map(|e| st.admit(e, &self.limits))
                 .collect();
             for chunk in rows.chunks(ROWS_PER_INSERT) {
-                let mut q = QueryBuilder::new(
-                    "INSERT INTO devset_events (namespace, run, seq, type, time_us, data) ",
-                );
-                q.push_values(chunk, |mut b, r| {
-                    b.push_bind(run.namespace.clone())
-                        .push_bind(run.name.clone())
-                        .push_bind(r.seq)
-                        .push_bind(r.kind.clone())
-                        .push_bind(r.time_us)
-                        .push_bind(r.data.clone());
-                });
-                q.build().execute(&mut *tx).await?;
+                // `$n` placeholders, which both databases read (QueryBuilder on `Any` writes `?`,
+                // which PostgreSQL does not).
+                let sql = insert_sql(chunk.len());
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for r in chunk {
+                    q = q
+                        .bind(&run.namespace)
+                        .bind(&run.name)
+                        .bind(r.seq)
+                        .bind(&r.kind)
+                        .bind(r.time_us)
+                        .bind(&r.data);
+                }
+                q.execute(&mut *tx).await?;
             }
             sqlx::query(
                 "INSERT INTO devset_run_logs (namespace, run, last_seq, message_events, \
@@ -396,6 +398,31 @@ impl Store {
         *slot = Some(rx.clone());
         rx
     }
+}
+
+/// `INSERT INTO devset_events … VALUES ($1, …, $6), ($7, …)` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::from(
+        "INSERT INTO devset_events (namespace, run, seq, type, time_us, data) VALUES ",
+    );
+    for r in 0..rows {
+        let b = r * 6;
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(
+            sql,
+            "(${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6
+        );
+    }
+    sql
 }
 
 async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {

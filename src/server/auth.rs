@@ -1,0 +1,245 @@
+//! Who the caller is (TokenReview of the bearer token) and what they may do
+//! (SubjectAccessReview against the RBAC that guards WorkflowRuns). Answers are cached for a
+//! few seconds so that a thousand streams opening at once cost a handful of reviews.
+
+use super::error::ApiError;
+use axum::http::{HeaderMap, header};
+use k8s_openapi::api::{
+    authentication::v1::{TokenReview, TokenReviewSpec, UserInfo},
+    authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+};
+use kube::{Api, Client, api::PostParams};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+/// How long a review's answer is reused.
+const TTL: Duration = Duration::from_secs(10);
+/// Entries kept at most per cache (it is cleared when full).
+const MAX_ENTRIES: usize = 10_000;
+
+/// How callers are authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Bearer tokens checked with TokenReview, access with SubjectAccessReview.
+    Kubernetes,
+    /// No checks at all: for local development only.
+    None,
+}
+
+/// The caller, as the API server knows them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Caller {
+    pub user: UserInfo,
+}
+
+impl Caller {
+    pub fn name(&self) -> &str {
+        self.user.username.as_deref().unwrap_or("anonymous")
+    }
+}
+
+/// An action on WorkflowRuns in a namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verb {
+    Get,
+    List,
+    Patch,
+}
+
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Patch => "patch",
+        }
+    }
+}
+
+struct Cache<K, V> {
+    entries: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
+    fn new() -> Self {
+        Cache {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, k: &K) -> Option<V> {
+        let entries = self.entries.lock().unwrap();
+        entries
+            .get(k)
+            .filter(|(at, _)| at.elapsed() < TTL)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, k: K, v: V) {
+        let mut entries = self.entries.lock().unwrap();
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(k, (Instant::now(), v));
+    }
+}
+
+type AccessKey = (String, Vec<String>, String, Verb, Option<String>);
+
+/// Authentication and authorization of API calls.
+pub struct Auth {
+    mode: AuthMode,
+    client: Client,
+    tokens: Cache<String, Option<UserInfo>>,
+    access: Cache<AccessKey, (bool, String)>,
+}
+
+impl Auth {
+    pub fn new(mode: AuthMode, client: Client) -> Auth {
+        Auth {
+            mode,
+            client,
+            tokens: Cache::new(),
+            access: Cache::new(),
+        }
+    }
+
+    /// Checks that the bearer of `headers` may `verb` WorkflowRuns in `namespace` (the run
+    /// `name`, when one is named): 401 without a valid token, 403 without the RBAC.
+    pub async fn check(
+        &self,
+        headers: &HeaderMap,
+        namespace: &str,
+        verb: Verb,
+        name: Option<&str>,
+    ) -> Result<Caller, ApiError> {
+        if self.mode == AuthMode::None {
+            return Ok(Caller::default());
+        }
+        let token = bearer(headers).ok_or_else(|| {
+            ApiError::unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
+        })?;
+        let user = self.authenticate(token).await?;
+        let caller = Caller { user };
+        let (allowed, reason) = self.authorize(&caller.user, namespace, verb, name).await?;
+        if !allowed {
+            let what = match name {
+                Some(n) => format!("workflowruns.devset.io {n:?}"),
+                None => "workflowruns.devset.io".to_string(),
+            };
+            let mut msg = format!(
+                "{} cannot {} {what} in the namespace {namespace:?}",
+                caller.name(),
+                verb.as_str()
+            );
+            if !reason.is_empty() {
+                msg.push_str(": ");
+                msg.push_str(&reason);
+            }
+            return Err(ApiError::forbidden(msg));
+        }
+        Ok(caller)
+    }
+
+    async fn authenticate(&self, token: &str) -> Result<UserInfo, ApiError> {
+        let known = match self.tokens.get(&token.to_owned()) {
+            Some(v) => v,
+            None => {
+                let review = TokenReview {
+                    spec: TokenReviewSpec {
+                        token: Some(token.to_owned()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                let res = Api::<TokenReview>::all(self.client.clone())
+                    .create(&PostParams::default(), &review)
+                    .await
+                    .map_err(|e| ApiError::unavailable(format!("TokenReview failed: {e}")))?;
+                let status = res.status.unwrap_or_default();
+                let user = status
+                    .authenticated
+                    .unwrap_or(false)
+                    .then(|| status.user.unwrap_or_default());
+                self.tokens.put(token.to_owned(), user.clone());
+                user
+            }
+        };
+        known.ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))
+    }
+
+    async fn authorize(
+        &self,
+        user: &UserInfo,
+        namespace: &str,
+        verb: Verb,
+        name: Option<&str>,
+    ) -> Result<(bool, String), ApiError> {
+        let key: AccessKey = (
+            user.username.clone().unwrap_or_default(),
+            user.groups.clone().unwrap_or_default(),
+            namespace.to_owned(),
+            verb,
+            name.map(str::to_owned),
+        );
+        if let Some(v) = self.access.get(&key) {
+            return Ok(v);
+        }
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username.clone(),
+                groups: user.groups.clone(),
+                uid: user.uid.clone(),
+                extra: user.extra.clone(),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("devset.io".into()),
+                    resource: Some("workflowruns".into()),
+                    namespace: Some(namespace.to_owned()),
+                    verb: Some(verb.as_str().into()),
+                    name: name.map(str::to_owned),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let res = Api::<SubjectAccessReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("SubjectAccessReview failed: {e}")))?;
+        let status = res.status.unwrap_or_default();
+        let v = (status.allowed, status.reason.unwrap_or_default());
+        self.access.put(key, v.clone());
+        Ok(v)
+    }
+}
+
+/// The token of `Authorization: Bearer TOKEN`.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_authorization_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer abc.def".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc.def"));
+        h.insert(header::AUTHORIZATION, "bearer  xyz ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("xyz"));
+        h.insert(header::AUTHORIZATION, "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}

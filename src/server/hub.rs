@@ -1,0 +1,171 @@
+//! Live fan-out of run logs: one tail per watched run reads new events from the store when it
+//! changes and broadcasts them to every stream of that run. Each stream backfills from the
+//! store, then follows the broadcast, skipping what it has and refilling any gap from the store,
+//! so that it sees every event once, in order.
+
+use crate::events::{RunKey, Store, StoreError, StoredEvent};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::{broadcast, mpsc};
+use tracing::warn;
+
+/// Events buffered per run for slow streams; a stream that falls further behind refills from
+/// the store.
+const BROADCAST: usize = 4_096;
+/// Events read from the store at a time.
+const PAGE: u32 = 1_000;
+
+/// The tails of the runs being watched.
+pub struct Hub {
+    store: Store,
+    tails: Mutex<HashMap<RunKey, broadcast::Sender<Arc<StoredEvent>>>>,
+}
+
+impl Hub {
+    pub fn new(store: Store) -> Arc<Hub> {
+        Arc::new(Hub {
+            store,
+            tails: Mutex::default(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs with a live tail (for metrics).
+    pub fn watched_runs(&self) -> usize {
+        self.tails.lock().unwrap().len()
+    }
+
+    fn subscribe(self: &Arc<Self>, run: &RunKey) -> broadcast::Receiver<Arc<StoredEvent>> {
+        let mut tails = self.tails.lock().unwrap();
+        if let Some(tx) = tails.get(run) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = broadcast::channel(BROADCAST);
+        tails.insert(run.clone(), tx.clone());
+        tokio::spawn(tail(self.clone(), run.clone(), tx));
+        rx
+    }
+
+    /// Streams `run`'s events after `after` into `out`, in order, each once: first what is
+    /// stored, then live. Ends after the run's terminal event, when the log is gone or
+    /// expired, or when `out` closes.
+    pub async fn follow(
+        self: Arc<Self>,
+        run: RunKey,
+        after: u64,
+        out: mpsc::Sender<Arc<StoredEvent>>,
+    ) -> Result<(), StoreError> {
+        // Subscribe first: what is appended from now on arrives here, what was before comes
+        // from the store.
+        let mut live = self.subscribe(&run);
+        let mut cursor = after;
+        if let Some(log) = self.store.log(&run).await?
+            && (log.expired || (log.final_phase.is_some() && cursor >= log.last_seq))
+        {
+            return Ok(());
+        }
+        if self.backfill(&run, &mut cursor, &out).await? {
+            return Ok(());
+        }
+        loop {
+            let ev = tokio::select! {
+                ev = live.recv() => ev,
+                _ = out.closed() => return Ok(()),
+            };
+            match ev {
+                Ok(ev) if ev.seq <= cursor => {}
+                Ok(ev) if ev.seq == cursor + 1 => {
+                    cursor = ev.seq;
+                    let end = ev.is_terminal();
+                    if out.send(ev).await.is_err() || end {
+                        return Ok(());
+                    }
+                }
+                // A gap (this stream joined a tail that was ahead of the store's reads, or
+                // lagged): the store has everything.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if self.backfill(&run, &mut cursor, &out).await? {
+                        return Ok(());
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+
+    /// Sends what the store has after `cursor`; true when the stream is over (terminal event
+    /// sent, or `out` closed).
+    async fn backfill(
+        &self,
+        run: &RunKey,
+        cursor: &mut u64,
+        out: &mpsc::Sender<Arc<StoredEvent>>,
+    ) -> Result<bool, StoreError> {
+        loop {
+            let page = self.store.events(run, *cursor, PAGE).await?;
+            let full = page.len() == PAGE as usize;
+            for ev in page {
+                *cursor = ev.seq;
+                let end = ev.is_terminal();
+                if out.send(Arc::new(ev)).await.is_err() || end {
+                    return Ok(true);
+                }
+            }
+            if !full {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Follows one run's log while anyone listens.
+async fn tail(hub: Arc<Hub>, run: RunKey, tx: broadcast::Sender<Arc<StoredEvent>>) {
+    let mut changes = hub.store.changes();
+    changes.borrow_and_update();
+    let mut last = match hub.store.log(&run).await {
+        Ok(log) => log.map_or(0, |l| l.last_seq),
+        Err(e) => {
+            warn!(run = %run, error = %e, "cannot read the run's log");
+            0
+        }
+    };
+    loop {
+        {
+            let mut tails = hub.tails.lock().unwrap();
+            if tx.receiver_count() == 0 {
+                tails.remove(&run);
+                return;
+            }
+        }
+        loop {
+            match hub.store.events(&run, last, PAGE).await {
+                Ok(page) => {
+                    let full = page.len() == PAGE as usize;
+                    for ev in page {
+                        last = ev.seq;
+                        let _ = tx.send(Arc::new(ev));
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(run = %run, error = %e, "cannot read the run's log");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { tokio::time::sleep(Duration::from_secs(1)).await },
+            // Notice when every stream has gone, even on an idle log.
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `devset api`: the HTTP API next to the controller (port 8082). It streams each run's event
+//! log over server-sent events, pages and exports it, lists runs from a watch cache, and stops
+//! runs, all as far as the caller's Kubernetes RBAC allows.
+
+mod auth;
+mod error;
+mod hub;
+mod metrics;
+mod openapi;
+mod routes;
+
+pub use auth::AuthMode;
+
+use crate::{api::WorkflowRun, events::StoreArgs};
+use anyhow::Context as _;
+use futures::StreamExt;
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use std::{net::SocketAddr, sync::Arc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Settings of `devset api`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Settings {
+    /// Where to listen.
+    #[arg(long, env = "DEVSET_API_ADDR", default_value = "0.0.0.0:8082")]
+    pub addr: SocketAddr,
+    /// How callers are checked: `kubernetes` (bearer token, TokenReview and
+    /// SubjectAccessReview) or `none` (no checks; for local development only).
+    #[arg(
+        long,
+        value_enum,
+        env = "DEVSET_API_AUTH",
+        default_value = "kubernetes"
+    )]
+    pub auth: AuthMode,
+    /// Serve only this namespace's runs (default: all namespaces).
+    #[arg(long, env = "DEVSET_NAMESPACE")]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub hub: Arc<hub::Hub>,
+    pub runs: reflector::Store<WorkflowRun>,
+    pub auth: auth::Auth,
+    pub client: Client,
+    pub metrics: metrics::ApiMetrics,
+    pub namespace: Option<String>,
+    pub shutdown: CancellationToken,
+}
+
+/// Serves the API until SIGTERM or Ctrl-C.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on --addr {}", settings.addr))?;
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (KUBECONFIG or in-cluster)")?;
+    let store = settings
+        .store
+        .open(crate::events::Limits::default())
+        .await?;
+    if settings.auth == AuthMode::None {
+        warn!(
+            "--auth=none: every caller may read every run's events and stop any run; \
+             for local development only, never expose this port"
+        );
+    }
+    let api: Api<WorkflowRun> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    let shutdown = CancellationToken::new();
+    let watch = tokio::spawn(
+        watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects()
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    warn!(error = %e, "watching WorkflowRuns failed; retrying");
+                }
+            }),
+    );
+    let state = Arc::new(AppState {
+        hub: hub::Hub::new(store.clone()),
+        runs: reader,
+        auth: auth::Auth::new(settings.auth, client.clone()),
+        client,
+        metrics: metrics::ApiMetrics::new(),
+        namespace: settings.namespace.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let app = routes::router(state.clone());
+    let addr = listener.local_addr()?;
+    info!(%addr, event_store = store.describe(), auth = ?settings.auth, "devset api listening");
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        stop.cancel();
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    watch.abort();
+    info!("devset api stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
