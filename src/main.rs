@@ -77,3 +77,19 @@ fn init_tracing() {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+        // Subcommands are built lazily: parse each one's --help to check its flags too.
+        for sub in ["controller", "api", "crds"] {
+            let err = super::Cli::command()
+                .try_get_matches_from(["devset", sub, "--help"])
+                .unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{sub}");
+        }
+    }
+}

@@ -38,7 +38,7 @@ pub struct Settings {
     #[arg(long, env = "DEVSET_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
     #[command(flatten)]
-    pub events: crate::events::Settings,
+    pub events: crate::events::EventSettings,
 }
 
 /// Errors of a reconcile.

@@ -375,7 +375,7 @@ impl StoreArgs {
 
 /// The event log settings of `devset controller`.
 #[derive(Clone, Debug, clap::Args)]
-pub struct Settings {
+pub struct EventSettings {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Message payloads longer than this many bytes are cut in the event log (and marked
@@ -404,7 +404,7 @@ pub struct Settings {
     pub events_retention_stopped: Duration,
 }
 
-impl Settings {
+impl EventSettings {
     /// The bounds of the store.
     pub fn limits(&self) -> Limits {
         Limits {

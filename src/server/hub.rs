@@ -18,10 +18,35 @@ const BROADCAST: usize = 4_096;
 /// Events read from the store at a time.
 const PAGE: u32 = 1_000;
 
+/// One event as an SSE frame (`id:`, `event:`, `data:`), rendered once and shared by every
+/// stream that sends it.
+#[derive(Debug)]
+pub struct Frame {
+    pub seq: u64,
+    /// Microseconds since the Unix epoch: when the event happened.
+    pub time_us: i64,
+    /// The run's log ends with this event.
+    pub terminal: bool,
+    pub bytes: axum::body::Bytes,
+}
+
+impl Frame {
+    fn new(ev: StoredEvent) -> Arc<Frame> {
+        // The data is compact JSON: one line, as an SSE `data:` field needs.
+        let text = format!("id: {}\nevent: {}\ndata: {}\n\n", ev.seq, ev.kind, ev.data);
+        Arc::new(Frame {
+            seq: ev.seq,
+            time_us: ev.time_us,
+            terminal: ev.is_terminal(),
+            bytes: text.into(),
+        })
+    }
+}
+
 /// The tails of the runs being watched.
 pub struct Hub {
     store: Store,
-    tails: Mutex<HashMap<RunKey, broadcast::Sender<Arc<StoredEvent>>>>,
+    tails: Mutex<HashMap<RunKey, broadcast::Sender<Arc<Frame>>>>,
 }
 
 impl Hub {
@@ -41,15 +66,25 @@ impl Hub {
         self.tails.lock().unwrap().len()
     }
 
-    fn subscribe(self: &Arc<Self>, run: &RunKey) -> broadcast::Receiver<Arc<StoredEvent>> {
+    /// Subscribes to `run`'s live events, starting its tail when it has none. A new tail
+    /// starts after the last event stored *before* the subscription, so that what a subscriber
+    /// then reads from the store and what the tail broadcasts leave no gap between them.
+    async fn subscribe(
+        self: &Arc<Self>,
+        run: &RunKey,
+    ) -> Result<broadcast::Receiver<Arc<Frame>>, StoreError> {
+        if let Some(tx) = self.tails.lock().unwrap().get(run) {
+            return Ok(tx.subscribe());
+        }
+        let last = self.store.log(run).await?.map_or(0, |l| l.last_seq);
         let mut tails = self.tails.lock().unwrap();
         if let Some(tx) = tails.get(run) {
-            return tx.subscribe();
+            return Ok(tx.subscribe());
         }
         let (tx, rx) = broadcast::channel(BROADCAST);
         tails.insert(run.clone(), tx.clone());
-        tokio::spawn(tail(self.clone(), run.clone(), tx));
-        rx
+        tokio::spawn(tail(self.clone(), run.clone(), last, tx));
+        Ok(rx)
     }
 
     /// Streams `run`'s events after `after` into `out`, in order, each once: first what is
@@ -59,11 +94,11 @@ impl Hub {
         self: Arc<Self>,
         run: RunKey,
         after: u64,
-        out: mpsc::Sender<Arc<StoredEvent>>,
+        out: mpsc::Sender<Arc<Frame>>,
     ) -> Result<(), StoreError> {
         // Subscribe first: what is appended from now on arrives here, what was before comes
         // from the store.
-        let mut live = self.subscribe(&run);
+        let mut live = self.subscribe(&run).await?;
         let mut cursor = after;
         if let Some(log) = self.store.log(&run).await?
             && (log.expired || (log.final_phase.is_some() && cursor >= log.last_seq))
@@ -82,7 +117,7 @@ impl Hub {
                 Ok(ev) if ev.seq <= cursor => {}
                 Ok(ev) if ev.seq == cursor + 1 => {
                     cursor = ev.seq;
-                    let end = ev.is_terminal();
+                    let end = ev.terminal;
                     if out.send(ev).await.is_err() || end {
                         return Ok(());
                     }
@@ -105,7 +140,7 @@ impl Hub {
         &self,
         run: &RunKey,
         cursor: &mut u64,
-        out: &mpsc::Sender<Arc<StoredEvent>>,
+        out: &mpsc::Sender<Arc<Frame>>,
     ) -> Result<bool, StoreError> {
         loop {
             let page = self.store.events(run, *cursor, PAGE).await?;
@@ -113,7 +148,7 @@ impl Hub {
             for ev in page {
                 *cursor = ev.seq;
                 let end = ev.is_terminal();
-                if out.send(Arc::new(ev)).await.is_err() || end {
+                if out.send(Frame::new(ev)).await.is_err() || end {
                     return Ok(true);
                 }
             }
@@ -125,16 +160,9 @@ impl Hub {
 }
 
 /// Follows one run's log while anyone listens.
-async fn tail(hub: Arc<Hub>, run: RunKey, tx: broadcast::Sender<Arc<StoredEvent>>) {
+async fn tail(hub: Arc<Hub>, run: RunKey, mut last: u64, tx: broadcast::Sender<Arc<Frame>>) {
     let mut changes = hub.store.changes();
     changes.borrow_and_update();
-    let mut last = match hub.store.log(&run).await {
-        Ok(log) => log.map_or(0, |l| l.last_seq),
-        Err(e) => {
-            warn!(run = %run, error = %e, "cannot read the run's log");
-            0
-        }
-    };
     loop {
         {
             let mut tails = hub.tails.lock().unwrap();
@@ -149,7 +177,7 @@ async fn tail(hub: Arc<Hub>, run: RunKey, tx: broadcast::Sender<Arc<StoredEvent>
                     let full = page.len() == PAGE as usize;
                     for ev in page {
                         last = ev.seq;
-                        let _ = tx.send(Arc::new(ev));
+                        let _ = tx.send(Frame::new(ev));
                     }
                     if !full {
                         break;

@@ -108,6 +108,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         info!("shutting down");
         stop.cancel();
     });
+    // No Nagle: an SSE event goes out when written, not when the previous one is acknowledged.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;

@@ -1,6 +1,6 @@
 //! The routes of `devset api`.
 
-use super::{AppState, auth::Verb, error::ApiError, openapi};
+use super::{AppState, auth::Verb, error::ApiError, hub::Frame, openapi};
 use crate::{
     api::{RunPhase, StageStatus, WorkflowRun},
     events::{Event, RunKey, StoredEvent},
@@ -11,10 +11,7 @@ use axum::{
     extract::{MatchedPath, Path, Query, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
-    response::{
-        IntoResponse, Response,
-        sse::{self, KeepAlive, Sse},
-    },
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use futures::StreamExt;
@@ -482,7 +479,7 @@ async fn events(
     };
     let after = last_event_id.or(q.after).unwrap_or(0);
     if wants_sse(&headers) {
-        return Ok(stream(state, key, after).into_response());
+        return Ok(stream(state, key, after));
     }
     match q.format.as_deref().unwrap_or("json") {
         "json" => page(&state, &key, after, q.limit).await,
@@ -563,8 +560,10 @@ impl Drop for StreamGuard {
     }
 }
 
-fn stream(state: Arc<AppState>, key: RunKey, after: u64) -> impl IntoResponse {
-    let (tx, rx) = mpsc::channel::<Arc<StoredEvent>>(256);
+/// An SSE stream of the run's log: the frames the hub renders once for every stream, and a
+/// heartbeat comment on idle streams.
+fn stream(state: Arc<AppState>, key: RunKey, after: u64) -> Response {
+    let (tx, rx) = mpsc::channel::<Arc<Frame>>(256);
     let hub = state.hub.clone();
     let run = key.clone();
     tokio::spawn(async move {
@@ -575,26 +574,38 @@ fn stream(state: Arc<AppState>, key: RunKey, after: u64) -> impl IntoResponse {
     state.metrics.open_streams.inc();
     let guard = StreamGuard(state.clone());
     let shutdown = state.shutdown.clone();
-    let events = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-        let ev = rx.recv().await?;
-        let m = &guard.0.metrics;
-        m.events_sent.inc();
-        let lag_us = Timestamp::now().as_microsecond() - ev.time_us;
-        m.lag.observe(lag_us.max(0) as f64 / 1e6);
-        let out = sse::Event::default()
-            .id(ev.seq.to_string())
-            .event(&ev.kind)
-            .data(&*ev.data);
-        Some((Ok::<_, std::convert::Infallible>(out), (rx, guard)))
-    })
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let frames = futures::stream::unfold(
+        (rx, guard, heartbeat),
+        |(mut rx, guard, mut heartbeat)| async move {
+            let bytes = tokio::select! {
+                f = rx.recv() => {
+                    let f = f?;
+                    let m = &guard.0.metrics;
+                    m.events_sent.inc();
+                    let lag_us = Timestamp::now().as_microsecond() - f.time_us;
+                    m.lag.observe(lag_us.max(0) as f64 / 1e6);
+                    heartbeat.reset();
+                    f.bytes.clone()
+                }
+                _ = heartbeat.tick() => axum::body::Bytes::from_static(b": heartbeat\n\n"),
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(bytes),
+                (rx, guard, heartbeat),
+            ))
+        },
+    )
     .take_until(shutdown.cancelled_owned());
-    let mut res = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
-        .into_response();
-    // Proxies must not buffer a live stream.
-    res.headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    res
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        // Proxies must not buffer a live stream.
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(frames))
+        .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
 }
 
 const CSV_COLUMNS: [&str; 18] = [

@@ -282,6 +282,16 @@ impl ControllerProcess {
     /// Serves `/metrics`, `/healthz` and `/readyz` on `127.0.0.1:metrics_port` (see
     /// [`free_port`]).
     pub fn start_with_metrics(ns: &str, max_active_runs: usize, metrics_port: u16) -> Self {
+        Self::start_with_store(ns, max_active_runs, metrics_port, &sqlite_store(ns))
+    }
+
+    /// With the event store at `store` (see [`sqlite_store`]).
+    pub fn start_with_store(
+        ns: &str,
+        max_active_runs: usize,
+        metrics_port: u16,
+        store: &str,
+    ) -> Self {
         let dir = repo().join("target/it-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("controller-{ns}-{}.log", unique("c")));
@@ -293,6 +303,7 @@ impl ControllerProcess {
             .env("DEVSET_ENGINE_MAX_ACTIVE_RUNS", max_active_runs.to_string())
             .env("DEVSET_PROBE_INTERVAL_SECONDS", "5")
             .env("DEVSET_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .env("DEVSET_EVENT_STORE", store)
             .env("RUST_LOG", "info,devset=debug,kube=warn")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -318,6 +329,70 @@ impl Drop for ControllerProcess {
         if std::thread::panicking() {
             eprintln!(
                 "--- controller log {} ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// An SQLite event store of one namespace's own, under `target/it-stores/`.
+pub fn sqlite_store(ns: &str) -> String {
+    let dir = repo().join("target/it-stores");
+    std::fs::create_dir_all(&dir).unwrap();
+    format!("sqlite://{}", dir.join(format!("{ns}.db")).display())
+}
+
+/// `devset api` running outside the cluster for one namespace, with the admin kubeconfig as
+/// its own identity; killed on drop.
+pub struct ApiProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+    pub port: u16,
+}
+
+impl ApiProcess {
+    /// Starts it with `--auth=auth` on a free port and waits until `/readyz` answers 200.
+    pub fn start(ns: &str, store: &str, auth: &str) -> Self {
+        let dir = repo().join("target/it-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("api-{ns}-{}.log", unique("a")));
+        let file = std::fs::File::create(&log).unwrap();
+        let port = free_port();
+        let child = env()
+            .command(env!("CARGO_BIN_EXE_devset"))
+            .arg("api")
+            .args(["--addr", &format!("127.0.0.1:{port}"), "--auth", auth])
+            .env("DEVSET_NAMESPACE", ns)
+            .env("DEVSET_EVENT_STORE", store)
+            .env("RUST_LOG", "info,devset=debug,kube=warn")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("devset api starts");
+        let api = Self { child, log, port };
+        wait_until(Duration::from_secs(30), "devset api to be ready", || {
+            matches!(http_get(port, "/readyz"), Ok((200, _))).then_some(())
+        });
+        api
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- api log {} ---\n{}",
                 self.log.display(),
                 self.log_text()
             );
