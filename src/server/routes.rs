@@ -479,6 +479,17 @@ async fn events(
     };
     let after = last_event_id.or(q.after).unwrap_or(0);
     if wants_sse(&headers) {
+        // A run that ended without a log (it finished before the log existed) has nothing to
+        // stream: end at once rather than wait for a terminal event that never comes.
+        let ended = cached_run(&state, &ns, &name)
+            .and_then(|r| r.status.as_ref()?.phase)
+            .is_some_and(RunPhase::is_finished);
+        if ended && state.hub.store().log(&key).await?.is_none() {
+            return Ok(Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(Body::empty())
+                .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response()));
+        }
         return Ok(stream(state, key, after));
     }
     match q.format.as_deref().unwrap_or("json") {
