@@ -734,3 +734,46 @@ async fn deleting_a_run_removes_its_events() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn auth_none_warns_and_idle_streams_get_heartbeats() {
+    install_crds();
+    let ns = TestNamespace::new("idle");
+    // No controller: the run stays as applied, its log empty, its stream idle.
+    env().apply(
+        &ns.name,
+        "apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {name: idle}\n\
+         spec: {workflowRef: {name: nothing}, connectorRef: {name: nothing}}\n",
+    );
+    let api = ApiProcess::start(&ns.name, &sqlite_store(&ns.name), "none");
+    assert!(
+        api.log_text().contains("--auth=none"),
+        "a warning at start: {}",
+        api.log_text()
+    );
+    let url = api.url(&format!(
+        "/api/v1/namespaces/{}/workflowruns/idle/events",
+        ns.name
+    ));
+    let res = open_stream(&http(), &url, "", None).await;
+    let mut body = res.bytes_stream();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(25), body.next()).await {
+        seen.extend_from_slice(&chunk.unwrap());
+        if seen.windows(12).any(|w| w == b": heartbeat\n") {
+            break;
+        }
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        ": heartbeat\n\n",
+        "one heartbeat comment and nothing else"
+    );
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(14) && waited < Duration::from_secs(20),
+        "every 15 s: {waited:?}"
+    );
+}

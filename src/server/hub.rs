@@ -197,3 +197,65 @@ async fn tail(hub: Arc<Hub>, run: RunKey, mut last: u64, tx: broadcast::Sender<A
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::RunPhase,
+        events::{Event, EventLog, Limits, MESSAGE_PUBLISHED},
+    };
+
+    async fn collect(hub: Arc<Hub>, run: RunKey, after: u64) -> Vec<u64> {
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = tokio::spawn(hub.follow(run, after, tx));
+        let mut seqs = Vec::new();
+        while let Some(f) = rx.recv().await {
+            seqs.push(f.seq);
+        }
+        task.await.unwrap().unwrap();
+        seqs
+    }
+
+    /// Streams that join before, during and after a log is written, with a slow reader
+    /// (an 8-frame channel) among them, each get every event once, in order, and end after the
+    /// terminal event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_stream_gets_every_event_once_in_order_and_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("e.db").display());
+        let log = EventLog::start(Store::open(&url, Limits::default()).await.unwrap());
+        let hub = Hub::new(Store::open(&url, Limits::default()).await.unwrap());
+        let run = RunKey::new("ns", "r");
+        let early: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(collect(hub.clone(), run.clone(), 0)))
+            .collect();
+        let n = 3_000u64;
+        let mut during = Vec::new();
+        for i in 1..n {
+            log.append(&run, Event::new(&run, MESSAGE_PUBLISHED));
+            if i % 500 == 0 {
+                during.push(tokio::spawn(collect(hub.clone(), run.clone(), 0)));
+                during.push(tokio::spawn(collect(hub.clone(), run.clone(), i / 2)));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        log.append(
+            &run,
+            Event::phase(&run, RunPhase::Completed, "Completed", "done"),
+        );
+        log.flush().await;
+        let late = collect(hub.clone(), run.clone(), 0).await;
+        assert_eq!(late, (1..=n).collect::<Vec<_>>());
+        for t in early {
+            assert_eq!(t.await.unwrap(), (1..=n).collect::<Vec<_>>());
+        }
+        for (k, t) in during.into_iter().enumerate() {
+            let got = t.await.unwrap();
+            let from = if k % 2 == 0 { 1 } else { got[0] };
+            assert_eq!(got, (from..=n).collect::<Vec<_>>());
+        }
+        // Nothing after the end: a stream from the last event ends at once.
+        assert!(collect(hub.clone(), run.clone(), n).await.is_empty());
+    }
+}
