@@ -156,7 +156,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = metrics::bind(settings.metrics_addr).await?;
     let client = Client::try_default().await?;
     check_crds(&client).await?;
-    let store = settings.events.open().await?;
+    let store = settings
+        .events
+        .store
+        .open_waiting(settings.events.limits())
+        .await?;
     let events = crate::events::EventLog::start(store.clone());
     let expiry = tokio::spawn(crate::events::expire_periodically(
         store.clone(),

@@ -364,12 +364,28 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    /// Opens the store with `limits`.
-    pub async fn open(&self, limits: Limits) -> anyhow::Result<Store> {
-        use anyhow::Context as _;
-        Store::open(&self.event_store, limits)
-            .await
-            .with_context(|| format!("opening the event store {}", redact(&self.event_store)))
+    /// Opens the store with `limits`. A store that cannot be reached (PostgreSQL starting up,
+    /// say) is waited for, with a warning every few seconds; a wrong setting fails at once.
+    pub async fn open_waiting(&self, limits: Limits) -> anyhow::Result<Store> {
+        loop {
+            match Store::open(&self.event_store, limits).await {
+                Ok(s) => return Ok(s),
+                Err(e @ StoreError::Db(_)) => {
+                    tracing::warn!(
+                        store = %redact(&self.event_store),
+                        error = %e,
+                        "cannot open the event store; retrying in 5 s"
+                    );
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "opening the event store {}",
+                        redact(&self.event_store)
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -420,11 +436,6 @@ impl EventSettings {
             failed: self.events_retention_failed,
             stopped: self.events_retention_stopped,
         }
-    }
-
-    /// Opens the store.
-    pub async fn open(&self) -> anyhow::Result<Store> {
-        self.store.open(self.limits()).await
     }
 }
 

@@ -108,6 +108,8 @@ impl Store {
         };
         let options = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 4 } else { 8 })
+            // Warm PostgreSQL connections: opening one (scram) takes tens of milliseconds.
+            .min_connections(if dialect == Dialect::Sqlite { 0 } else { 2 })
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
                 Box::pin(async move {

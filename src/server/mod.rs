@@ -65,7 +65,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .context("no Kubernetes client configuration (KUBECONFIG or in-cluster)")?;
     let store = settings
         .store
-        .open(crate::events::Limits::default())
+        .open_waiting(crate::events::Limits::default())
         .await?;
     if settings.auth == AuthMode::None {
         warn!(
