@@ -614,7 +614,10 @@ async fn tokens_and_rbac_decide_401_403_and_stop_works_only_with_patch() {
         phases.ends_with(&["Stopping".to_string(), "Stopped".to_string()]),
         "{phases:?}"
     );
-    assert_eq!(s.phase("long"), "Stopped");
+    // The log's terminal event is durable before the status is written: wait for the status.
+    wait_until(MINUTE, "the run to be Stopped", || {
+        (s.phase("long") == "Stopped").then_some(())
+    });
     let res = client
         .post(&stop)
         .bearer_auth(&s.token)
