@@ -553,6 +553,21 @@ fn metrics_count_reconciles_runs_and_published_messages() {
         Some(1.0),
         "{text}"
     );
+    // The event log: 20 messages, 2 stage events and the phases, all written (the terminal
+    // phase is written before the status says Completed), none queued or dropped.
+    let appended = sample(&text, "devset_events_appended_total");
+    assert!(appended >= Some(24.0), "appended {appended:?} in:\n{text}");
+    assert_eq!(sample(&text, "devset_events_queued"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(&text, "devset_events_dropped_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "devset_events_append_errors_total"),
+        Some(0.0),
+        "{text}"
+    );
 }
 
 #[test]

@@ -7,7 +7,9 @@
 //! - `devset_runs_by_phase{phase}` (computed at scrape time from the WorkflowRun store),
 //!   `devset_runs_active` (runs this controller is executing);
 //! - `devset_engine_messages_published_total{broker}`,
-//!   `devset_engine_stage_duration_seconds{action,outcome}` (histogram).
+//!   `devset_engine_stage_duration_seconds{action,outcome}` (histogram);
+//! - `devset_events_appended_total`, `devset_events_dropped_total`,
+//!   `devset_events_append_errors_total`, `devset_events_queued` (the run event log).
 
 use crate::{
     api::{RunPhase, WorkflowRun},
@@ -103,8 +105,9 @@ pub struct EngineMetrics {
 }
 
 impl Metrics {
-    /// Builds the registry; `runs` is the WorkflowRun store `devset_runs_by_phase` is read from.
-    pub fn new(runs: Store<WorkflowRun>) -> Self {
+    /// Builds the registry; `runs` is the WorkflowRun store `devset_runs_by_phase` is read from,
+    /// `log` the event log writer's counters.
+    pub fn new(runs: Store<WorkflowRun>, log: &crate::events::LogMetrics) -> Self {
         let mut registry = Registry::with_prefix("devset");
 
         let reconcile = ReconcileMetrics {
@@ -155,6 +158,28 @@ impl Metrics {
             "stage_duration_seconds",
             "How long stages took (all attempts), by action and outcome",
             engine.stage_duration.clone(),
+        );
+
+        let sub = registry.sub_registry_with_prefix("events");
+        sub.register(
+            "appended",
+            "Run events written to the event log",
+            log.appended.clone(),
+        );
+        sub.register(
+            "dropped",
+            "message.published events beyond the per-run cap, counted and not kept",
+            log.dropped.clone(),
+        );
+        sub.register(
+            "append_errors",
+            "Event log batches that failed and were tried again",
+            log.errors.clone(),
+        );
+        sub.register(
+            "queued",
+            "Run events waiting to be written",
+            log.queued.clone(),
         );
 
         Self {
@@ -414,7 +439,7 @@ mod tests {
 
     fn metrics() -> Metrics {
         let (store, _writer) = reflector::store::<WorkflowRun>();
-        Metrics::new(store)
+        Metrics::new(store, &Default::default())
     }
 
     #[test]

@@ -161,7 +161,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .store
         .open_waiting(settings.events.limits())
         .await?;
-    let events = crate::events::EventLog::start(store.clone());
+    let log_metrics = crate::events::LogMetrics::default();
+    let events = crate::events::EventLog::start_with_metrics(store.clone(), log_metrics.clone());
     let expiry = tokio::spawn(crate::events::expire_periodically(
         store.clone(),
         settings.events.retention(),
@@ -171,7 +172,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         instance: std::env::var("POD_NAME").ok(),
     };
     let (runs_ctl, runs) = run::controller(client.clone(), &settings);
-    let metrics = Arc::new(metrics::Metrics::new(runs.store.clone()));
+    let metrics = Arc::new(metrics::Metrics::new(runs.store.clone(), &log_metrics));
     let stop_server = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(metrics::serve(
         listener,

@@ -12,7 +12,7 @@ mod store;
 mod writer;
 
 pub use store::Store;
-pub use writer::EventLog;
+pub use writer::{EventLog, LogMetrics};
 
 use crate::{api::RunPhase, message::Target};
 use jiff::Timestamp;

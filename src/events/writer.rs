@@ -2,6 +2,7 @@
 //! task writes them in batches, each batch one transaction.
 
 use super::{Append, Event, RunKey, Store, StoreError};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use std::{collections::BTreeMap, time::Duration};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
@@ -16,11 +17,25 @@ enum Cmd {
     Flush(oneshot::Sender<()>),
 }
 
+/// Counters of the writer, for `/metrics` (clones share their values).
+#[derive(Clone, Debug, Default)]
+pub struct LogMetrics {
+    /// Events handed to the store in committed batches.
+    pub appended: Counter,
+    /// `message.published` events left out beyond the per-run cap (counted in the store).
+    pub dropped: Counter,
+    /// Batches that failed and were tried again.
+    pub errors: Counter,
+    /// Events queued and not yet committed.
+    pub queued: Gauge,
+}
+
 /// Appends to the event store in order, in batches. Cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
     tx: mpsc::UnboundedSender<Cmd>,
     store: Store,
+    metrics: LogMetrics,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -32,9 +47,14 @@ impl std::fmt::Debug for EventLog {
 impl EventLog {
     /// Starts the writer task on `store`.
     pub fn start(store: Store) -> EventLog {
+        Self::start_with_metrics(store, LogMetrics::default())
+    }
+
+    /// Starts the writer task on `store`, counting into `metrics`.
+    pub fn start_with_metrics(store: Store, metrics: LogMetrics) -> EventLog {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write(store.clone(), rx));
-        EventLog { tx, store }
+        tokio::spawn(write(store.clone(), rx, metrics.clone()));
+        EventLog { tx, store, metrics }
     }
 
     /// The store it writes to.
@@ -44,6 +64,7 @@ impl EventLog {
 
     /// Queues `event` for `run`; it gets its sequence number when written. Never blocks.
     pub fn append(&self, run: &RunKey, event: Event) {
+        self.metrics.queued.inc();
         let _ = self.tx.send(Cmd::Append(Box::new(Append {
             run: run.clone(),
             event,
@@ -53,6 +74,7 @@ impl EventLog {
     /// Counts `n` message events of `run` that were left out (beyond the cap) without
     /// building them.
     pub fn dropped(&self, run: &RunKey, n: u64) {
+        self.metrics.dropped.inc_by(n);
         let _ = self.tx.send(Cmd::Dropped(run.clone(), n));
     }
 
@@ -75,7 +97,7 @@ impl EventLog {
     }
 }
 
-async fn write(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+async fn write(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>, metrics: LogMetrics) {
     let mut batch: Vec<Append> = Vec::new();
     let mut dropped: BTreeMap<RunKey, u64> = BTreeMap::new();
     let mut flushed: Vec<oneshot::Sender<()>> = Vec::new();
@@ -99,7 +121,8 @@ async fn write(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
             }
         }
         if !batch.is_empty() || !dropped.is_empty() {
-            commit(&store, &batch, &dropped).await;
+            commit(&store, &batch, &dropped, &metrics).await;
+            metrics.queued.dec_by(batch.len() as i64);
             batch.clear();
             dropped.clear();
         }
@@ -113,12 +136,21 @@ async fn write(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>) {
 }
 
 /// Writes one batch; on an error it waits and tries again, so that nothing is lost.
-async fn commit(store: &Store, batch: &[Append], dropped: &BTreeMap<RunKey, u64>) {
+async fn commit(
+    store: &Store,
+    batch: &[Append],
+    dropped: &BTreeMap<RunKey, u64>,
+    metrics: &LogMetrics,
+) {
     let mut wait = Duration::from_millis(100);
     loop {
         match store.append(batch, dropped).await {
-            Ok(_) => return,
+            Ok(_) => {
+                metrics.appended.inc_by(batch.len() as u64);
+                return;
+            }
             Err(e) => {
+                metrics.errors.inc();
                 warn!(error = %e, events = batch.len(), "cannot append to the event log; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
