@@ -499,6 +499,18 @@ pub(crate) struct RunState {
     pub finished_at: Option<Timestamp>,
 }
 
+impl From<LogInfo> for RunState {
+    fn from(l: LogInfo) -> Self {
+        RunState {
+            last_seq: l.last_seq,
+            message_events: l.message_events,
+            dropped: l.dropped_message_events,
+            final_phase: l.final_phase,
+            finished_at: l.finished_at,
+        }
+    }
+}
+
 impl RunState {
     /// Numbers `event` and returns its row, or `None` when it is a message beyond the cap.
     pub fn admit(&mut self, event: &Event, limits: &Limits) -> Option<Row> {

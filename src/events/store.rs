@@ -171,34 +171,13 @@ impl Store {
         let mut out = Vec::with_capacity(runs.len());
         let mut tx = self.pool.begin().await?;
         for (run, events) in runs {
-            let row = sqlx::query(
-                "SELECT last_seq, message_events, dropped_messages, final_phase, finished_at \
-                 FROM devset_run_logs WHERE namespace = $1 AND run = $2",
-            )
-            .bind(&run.namespace)
-            .bind(&run.name)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let mut st = match &row {
-                Some(r) => RunState {
-                    last_seq: r.try_get::<i64, _>(0)? as u64,
-                    message_events: r.try_get::<i64, _>(1)? as u64,
-                    dropped: r.try_get::<i64, _>(2)? as u64,
-                    final_phase: r
-                        .try_get::<Option<String>, _>(3)?
-                        .and_then(|p| parse_phase(&p)),
-                    finished_at: r
-                        .try_get::<Option<i64>, _>(4)?
-                        .and_then(|s| Timestamp::from_second(s).ok()),
-                },
-                None => RunState {
-                    last_seq: 0,
-                    message_events: 0,
-                    dropped: 0,
-                    final_phase: None,
-                    finished_at: None,
-                },
-            };
+            let row = sqlx::query(SELECT_LOG)
+                .bind(&run.namespace)
+                .bind(&run.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let mut st =
+                RunState::from(row.as_ref().map(log_info).transpose()?.unwrap_or_default());
             st.dropped += dropped.get(run).copied().unwrap_or(0);
             let rows: Vec<_> = events
                 .into_iter()
@@ -295,27 +274,12 @@ impl Store {
 
     /// What the store knows of `run`'s log; `None` when it has none.
     pub async fn log(&self, run: &RunKey) -> Result<Option<LogInfo>, StoreError> {
-        let row = sqlx::query(
-            "SELECT last_seq, message_events, dropped_messages, final_phase, finished_at, expired \
-             FROM devset_run_logs WHERE namespace = $1 AND run = $2",
-        )
-        .bind(&run.namespace)
-        .bind(&run.name)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        Ok(Some(LogInfo {
-            last_seq: r.try_get::<i64, _>(0)? as u64,
-            message_events: r.try_get::<i64, _>(1)? as u64,
-            dropped_message_events: r.try_get::<i64, _>(2)? as u64,
-            final_phase: r
-                .try_get::<Option<String>, _>(3)?
-                .and_then(|p| parse_phase(&p)),
-            finished_at: r
-                .try_get::<Option<i64>, _>(4)?
-                .and_then(|s| Timestamp::from_second(s).ok()),
-            expired: r.try_get::<i64, _>(5)? != 0,
-        }))
+        let row = sqlx::query(SELECT_LOG)
+            .bind(&run.namespace)
+            .bind(&run.name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(log_info).transpose()?)
     }
 
     /// Removes `run`'s log.
@@ -400,6 +364,25 @@ impl Store {
         *slot = Some(rx.clone());
         rx
     }
+}
+
+/// One run's log row, read by [`log_info`].
+const SELECT_LOG: &str = "SELECT last_seq, message_events, dropped_messages, final_phase, \
+     finished_at, expired FROM devset_run_logs WHERE namespace = $1 AND run = $2";
+
+fn log_info(r: &sqlx::any::AnyRow) -> Result<LogInfo, sqlx::Error> {
+    Ok(LogInfo {
+        last_seq: r.try_get::<i64, _>(0)? as u64,
+        message_events: r.try_get::<i64, _>(1)? as u64,
+        dropped_message_events: r.try_get::<i64, _>(2)? as u64,
+        final_phase: r
+            .try_get::<Option<String>, _>(3)?
+            .and_then(|p| parse_phase(&p)),
+        finished_at: r
+            .try_get::<Option<i64>, _>(4)?
+            .and_then(|s| Timestamp::from_second(s).ok()),
+        expired: r.try_get::<i64, _>(5)? != 0,
+    })
 }
 
 /// `INSERT INTO devset_events … VALUES ($1, …, $6), ($7, …)` for `rows` rows.
