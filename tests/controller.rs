@@ -400,6 +400,12 @@ fn at_most_max_active_runs_run_at_once_and_start_oldest_first() {
         "involvedObject.name=c5",
     ]);
     assert!(reason.contains("Queued"), "c5 was queued: {reason}");
+    // A run that finished is never started again from an older cached copy of itself.
+    let events = env().kubectl_ok(&["get", "events", "-n", &ns.name]);
+    assert!(
+        !events.contains("Resumed"),
+        "no run was resumed by this one controller: {events}"
+    );
 }
 
 #[test]

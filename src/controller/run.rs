@@ -34,7 +34,7 @@ use kube::{
     },
 };
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -53,6 +53,9 @@ const WRITE_INTERVAL: Duration = Duration::from_millis(500);
 pub struct Runs {
     pub(super) store: Store<WorkflowRun>,
     active: Arc<tokio::sync::Mutex<HashMap<String, Active>>>,
+    /// Runs this controller brought to a final phase whose final status the cache has not
+    /// shown yet: a reconcile of the older, cached object must not start or resume them again.
+    finished: Arc<Mutex<HashSet<String>>>,
     trigger: mpsc::UnboundedSender<()>,
     max: usize,
     shutdown: CancellationToken,
@@ -80,6 +83,7 @@ pub fn controller(
     let runs = Runs {
         store: store.clone(),
         active: Default::default(),
+        finished: Default::default(),
         trigger,
         max: settings.max_active_runs.max(1),
         shutdown: CancellationToken::new(),
@@ -175,6 +179,7 @@ fn log_phase(ctx: &Context, run: &WorkflowRun, phase: RunPhase, reason: &str, me
 }
 
 async fn cleanup(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action> {
+    ctx.runs.finished.lock().unwrap().remove(&key(&run));
     let active = ctx.runs.active.lock().await.remove(&key(&run));
     if let Some(active) = active {
         info!("run deleted while active: stopping it");
@@ -192,6 +197,11 @@ async fn apply(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action> {
     let status = run.status.clone().unwrap_or_default();
     let phase = status.phase.unwrap_or_default();
     if phase.is_finished() {
+        ctx.runs.finished.lock().unwrap().remove(&key(&run));
+        return Ok(Action::await_change());
+    }
+    if ctx.runs.finished.lock().unwrap().contains(&key(&run)) {
+        // A cached object older than the final status written; its update is on the way.
         return Ok(Action::await_change());
     }
     {
@@ -550,6 +560,7 @@ async fn finish_pending(
         &new,
     )
     .await?;
+    ctx.runs.finished.lock().unwrap().insert(key(run));
     let type_ = if phase == RunPhase::Failed {
         EventType::Warning
     } else {
@@ -847,8 +858,8 @@ fn spawn(
             t.log
                 .append(&t.key, Event::phase(&t.key, phase, &reason, &message));
             t.log.flush().await;
-            if let Err(e) = apply_status(&api, run.as_ref(), &last).await {
-                warn!(error = %e, "cannot write the final status");
+            if write_final(&api, &run, &last).await {
+                runs.finished.lock().unwrap().insert(key(&run));
             }
             let type_ = if phase == RunPhase::Failed {
                 EventType::Warning
@@ -876,6 +887,28 @@ fn spawn(
         tracker,
         done: done_rx,
     }
+}
+
+/// Writes a run's final status, retrying for a while: until it lands, the status still says
+/// Running, and a restarted controller would resume the run.
+async fn write_final(
+    api: &Api<WorkflowRun>,
+    run: &WorkflowRun,
+    status: &WorkflowRunStatus,
+) -> bool {
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1..=6 {
+        match apply_status(api, run, status).await {
+            Ok(()) => return true,
+            Err(e) if attempt < 6 => {
+                warn!(error = %e, attempt, "cannot write the final status; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => warn!(error = %e, "cannot write the final status; giving up"),
+        }
+    }
+    false
 }
 
 async fn write_if_changed(
