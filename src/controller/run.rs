@@ -242,6 +242,15 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
         )
         .await;
     }
+    // A queued run that still has no slot waits without a request to the API server: every
+    // slot that frees reconciles all runs, and fetching each queued run's Workflow, connector
+    // and Secret every time made the reads grow with the square of the queue.
+    if status.reason.as_deref() == Some("Queued") {
+        let active = ctx.runs.active.lock().await;
+        if active.len() + queued_ahead(&ctx.runs.store, &run, &active) >= ctx.runs.max {
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+    }
     let wf_name = &run.spec.workflow_ref.name;
     let Some(wf) = ctx.api::<Workflow>(&ns).get_opt(wf_name).await? else {
         let msg = format!(
@@ -275,14 +284,17 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
         }
     };
 
-    // Admission: a free slot, and no older run queued before this one.
+    // Admission: a free slot for this run after every older queued run has one. The oldest
+    // queued runs start together as slots free (one at a time, a wave of runs that ended
+    // together left its slots empty until the next periodic requeue).
     let mut active = ctx.runs.active.lock().await;
     let ahead = queued_ahead(&ctx.runs.store, &run, &active);
-    if active.len() >= ctx.runs.max || ahead > 0 {
+    if active.len() + ahead >= ctx.runs.max {
         drop(active);
+        // No counts in the message: they change whenever the queue moves, and rewriting every
+        // queued run's status each time made the writes grow with the square of the queue.
         let msg = format!(
-            "waiting for a slot: {} of {} runs active, {ahead} queued ahead",
-            ctx.runs.active.lock().await.len(),
+            "waiting for a slot: at most {} runs are active at once; queued runs start oldest first",
             ctx.runs.max
         );
         return pending(&run, status, ctx, "Queued", msg).await;
@@ -333,13 +345,6 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
         new.message.as_deref().unwrap_or_default(),
     );
     apply_status(&ctx.api::<WorkflowRun>(&ns), run.as_ref(), &new).await?;
-    ctx.event(
-        run.as_ref(),
-        EventType::Normal,
-        "Started",
-        format!("running workflow {wf_name:?}"),
-    )
-    .await;
     let input = RunInput {
         run_name: run.name_any(),
         run_namespace: ns,
@@ -351,6 +356,15 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
     };
     let a = spawn(run.clone(), new, input, ctx);
     active.insert(key(&run), a);
+    // Admissions wait for this lock: publish the Event without holding it.
+    drop(active);
+    ctx.event(
+        run.as_ref(),
+        EventType::Normal,
+        "Started",
+        format!("running workflow {wf_name:?}"),
+    )
+    .await;
     Ok(Action::await_change())
 }
 
