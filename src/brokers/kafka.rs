@@ -238,6 +238,9 @@ pub(super) struct KafkaProducer {
     producer: FutureProducer<Context>,
     ctx: Context,
     delivery_timeout: Duration,
+    /// The topic last sent to, shared by the pending deliveries (for their error messages)
+    /// rather than copied for each message.
+    topic: Mutex<Option<Arc<str>>>,
 }
 
 impl KafkaProducer {
@@ -263,7 +266,16 @@ impl KafkaProducer {
             producer,
             ctx,
             delivery_timeout: opts.delivery_timeout,
+            topic: Mutex::default(),
         })
+    }
+
+    fn topic_name(&self, topic: &str) -> Arc<str> {
+        let mut last = self.topic.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some(t) if **t == *topic => t.clone(),
+            _ => last.insert(Arc::from(topic)).clone(),
+        }
     }
 
     pub(super) async fn send(
@@ -288,7 +300,7 @@ impl KafkaProducer {
             match self.producer.send_result(record) {
                 Ok(future) => {
                     let ctx = self.ctx.clone();
-                    let topic = topic.to_string();
+                    let topic = self.topic_name(topic);
                     return Ok(Box::pin(async move {
                         match future.await {
                             Ok(Ok(d)) => Ok(Delivery {

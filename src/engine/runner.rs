@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 /// Most deliveries one publish stage keeps outstanding; the clients bound this further.
 const MAX_IN_FLIGHT: usize = 50_000;
 
+/// Rendered messages a publish stage keeps for reuse at most.
+const SPARE_MESSAGES: usize = 1_024;
+
 /// What the engine needs to run.
 pub struct RunInput {
     pub run_name: String,
@@ -352,17 +355,29 @@ async fn publish(shared: &Shared, stage: &Stage, published: &mut u64) -> StageOu
         FuturesUnordered::new();
     let mut error: Option<BrokerError> = None;
     let observer = &shared.observer;
+    // Messages whose delivery is done, kept to render the next ones into: their buffers are
+    // reused instead of five allocations per message (the allocator was most of the engine's
+    // cost over the raw client's; see README, Benchmarks).
+    let mut spare: Vec<Message> = Vec::new();
     let on_done = |res: (Message, Result<Delivery, BrokerError>),
                    published: &mut u64,
-                   error: &mut Option<BrokerError>| match res {
-        (msg, Ok(d)) => {
-            *published += 1;
-            observer.published(&stage.name, connector, &target, &msg, &d);
-        }
-        (_, Err(e)) => {
-            if error.is_none() {
-                *error = Some(e);
+                   error: &mut Option<BrokerError>,
+                   spare: &mut Vec<Message>| {
+        let msg = match res {
+            (msg, Ok(d)) => {
+                *published += 1;
+                observer.published(&stage.name, connector, &target, &msg, &d);
+                msg
             }
+            (msg, Err(e)) => {
+                if error.is_none() {
+                    *error = Some(e);
+                }
+                msg
+            }
+        };
+        if spare.len() < SPARE_MESSAGES {
+            spare.push(msg);
         }
     };
     for seq in first..=total {
@@ -378,7 +393,8 @@ async fn publish(shared: &Shared, stage: &Stage, published: &mut u64) -> StageOu
                 }
             }
         }
-        let msg = bound.render(seq);
+        let mut msg = spare.pop().unwrap_or_default();
+        bound.render_into(seq, &mut msg);
         // Keep collecting acknowledgements while `send` waits for room: a client may free its
         // window only as the deliveries already handed out are polled to completion.
         let sent = {
@@ -388,7 +404,7 @@ async fn publish(shared: &Shared, stage: &Stage, published: &mut u64) -> StageOu
                 tokio::select! {
                     biased;
                     r = &mut send => break r,
-                    Some(res) = in_flight.next(), if !in_flight.is_empty() => on_done(res, published, &mut error),
+                    Some(res) = in_flight.next(), if !in_flight.is_empty() => on_done(res, published, &mut error, &mut spare),
                 }
             }
         };
@@ -401,16 +417,16 @@ async fn publish(shared: &Shared, stage: &Stage, published: &mut u64) -> StageOu
         }
         // Collect what is already acknowledged without waiting; wait only when the window is full.
         while let Some(Some(res)) = in_flight.next().now_or_never() {
-            on_done(res, published, &mut error);
+            on_done(res, published, &mut error, &mut spare);
         }
         while in_flight.len() >= MAX_IN_FLIGHT {
             if let Some(res) = in_flight.next().await {
-                on_done(res, published, &mut error);
+                on_done(res, published, &mut error, &mut spare);
             }
         }
     }
     while let Some(res) = in_flight.next().await {
-        on_done(res, published, &mut error);
+        on_done(res, published, &mut error, &mut spare);
     }
     if let Some(e) = error {
         return broker_failure(broker, e);
