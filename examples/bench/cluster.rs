@@ -239,9 +239,24 @@ pub fn reader_token(ns: &str, name: &str) -> anyhow::Result<String> {
     )
 }
 
-/// Write requests the API server counted (`apiserver_request_total`), by
-/// `resource[/subresource] VERB`, for the resources of `groups`.
-pub fn apiserver_writes(groups: &[&str]) -> anyhow::Result<BTreeMap<String, f64>> {
+/// The write verbs of `apiserver_request_total`.
+pub const WRITES: &[&str] = &[
+    "POST",
+    "PUT",
+    "PATCH",
+    "APPLY",
+    "DELETE",
+    "DELETECOLLECTION",
+];
+/// Its read verbs (watches are counted apart, as long-running requests).
+pub const READS: &[&str] = &["GET", "LIST"];
+
+/// Requests with `verbs` the API server counted (`apiserver_request_total`), by
+/// `resource[/subresource] VERB`, for the resources of `groups` ("" is the core group).
+pub fn apiserver_requests(
+    groups: &[&str],
+    verbs: &[&str],
+) -> anyhow::Result<BTreeMap<String, f64>> {
     let text = kubectl(&["get", "--raw", "/metrics"])?;
     let mut out = BTreeMap::new();
     for line in text.lines() {
@@ -259,11 +274,7 @@ pub fn apiserver_writes(groups: &[&str]) -> anyhow::Result<BTreeMap<String, f64>
                 .unwrap_or_default()
         };
         let verb = label("verb");
-        if !matches!(
-            verb.as_str(),
-            "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "DELETECOLLECTION"
-        ) || !groups.contains(&label("group").as_str())
-        {
+        if !verbs.contains(&verb.as_str()) || !groups.contains(&label("group").as_str()) {
             continue;
         }
         let mut key = label("resource");

@@ -38,6 +38,8 @@ struct Measure {
     writes: f64,
     event_writes: f64,
     breakdown: String,
+    reads: f64,
+    reads_breakdown: String,
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
@@ -47,8 +49,17 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     for rep in 0..args.reps() {
         let x = measure(args, n, max).await?;
         eprintln!(
-            "[bench] control rep {rep}: Running p50 {:.2} s p99 {:.2} s, last done {:.1} s, RSS {:.0} MiB, CPU {:.0}%, {:.1} writes/run ({}), {:.1} Event writes/run",
-            x.p50, x.p99, x.total, x.rss, x.cpu, x.writes, x.breakdown, x.event_writes
+            "[bench] control rep {rep}: Running p50 {:.2} s p99 {:.2} s, last done {:.1} s, RSS {:.0} MiB, CPU {:.0}%, {:.1} writes/run ({}), {:.1} Event writes/run, {:.1} reads/run ({})",
+            x.p50,
+            x.p99,
+            x.total,
+            x.rss,
+            x.cpu,
+            x.writes,
+            x.breakdown,
+            x.event_writes,
+            x.reads,
+            x.reads_breakdown
         );
         got.push(x);
     }
@@ -90,6 +101,17 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         )
         .values(col(|x| x.event_writes))
         .note("`events.k8s.io` (kubectl describe)"),
+        Row::new(
+            "Control plane",
+            &case,
+            "API-server reads per run (GET, LIST)",
+            Unit::Count,
+        )
+        .values(col(|x| x.reads))
+        .note(format!(
+            "devset.io and core resources; last rep: {}",
+            got.last().map_or("", |x| x.reads_breakdown.as_str())
+        )),
     ])
 }
 
@@ -137,7 +159,8 @@ async fn measure(args: &Args, n: usize, max: usize) -> anyhow::Result<Measure> {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let groups = ["devset.io", "events.k8s.io"];
-    let before = cluster::apiserver_writes(&groups)?;
+    let before = cluster::apiserver_requests(&groups, cluster::WRITES)?;
+    let reads_before = cluster::apiserver_requests(&["devset.io", ""], cluster::READS)?;
     let sampler = Sampler::start(controller.pid());
     let t0 = Instant::now();
     let created: Vec<(String, Instant)> = futures::stream::iter(0..n)
@@ -167,7 +190,8 @@ async fn measure(args: &Args, n: usize, max: usize) -> anyhow::Result<Measure> {
     let last_done = Instant::now();
     // Trailing writes (Events after the final status) land within a moment.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = cluster::apiserver_writes(&groups)?;
+    let after = cluster::apiserver_requests(&groups, cluster::WRITES)?;
+    let reads_after = cluster::apiserver_requests(&["devset.io", ""], cluster::READS)?;
     let usage = sampler.finish(controller.pid());
     watch.abort();
     let seen = std::mem::take(&mut *seen.lock().unwrap());
@@ -213,7 +237,16 @@ async fn measure(args: &Args, n: usize, max: usize) -> anyhow::Result<Measure> {
         .filter(|(k, _)| k.starts_with("events"))
         .map(|(_, v)| v)
         .sum();
+    let reads = cluster::diff(&reads_before, &reads_after);
+    let reads_breakdown = reads
+        .iter()
+        .filter(|(_, v)| **v >= n as f64 / 10.0)
+        .map(|(k, v)| format!("{k} {:.1}", *v / n as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
     let m = Measure {
+        reads: reads.values().sum::<f64>() / n as f64,
+        reads_breakdown,
         p50: percentile(&to_running, 0.5),
         p99: percentile(&to_running, 0.99),
         total: last.duration_since(t0).as_secs_f64(),
@@ -223,6 +256,51 @@ async fn measure(args: &Args, n: usize, max: usize) -> anyhow::Result<Measure> {
         event_writes: event_writes / n as f64,
         breakdown,
     };
+    timeline(&part, &created, &seen).await?;
     part.finish().await?;
     Ok(m)
+}
+
+/// Where a run's time goes, from its event log (medians over the runs, printed to stderr).
+async fn timeline(
+    part: &cluster::Part,
+    created: &[(String, Instant)],
+    seen: &Seen,
+) -> anyhow::Result<()> {
+    let store = devset::events::Store::open(&part.store, devset::events::Limits::default()).await?;
+    let mut spans: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (name, _) in created {
+        let key = devset::events::RunKey::new(&part.ns, name);
+        let evs = store.events(&key, 0, 1000).await?;
+        let mut prev: Option<(String, i64)> = None;
+        for e in &evs {
+            if e.kind == devset::events::MESSAGE_PUBLISHED {
+                continue;
+            }
+            let label = if e.kind == devset::events::RUN_PHASE {
+                let ev = e.event()?;
+                format!("run.phase {:?}", ev.phase)
+            } else {
+                format!("{} {}", e.kind, e.event()?.stage.unwrap_or_default())
+            };
+            if let Some((p, t)) = &prev {
+                spans
+                    .entry(format!("{p} → {label}"))
+                    .or_default()
+                    .push((e.time_us - t) as f64 / 1e3);
+            }
+            prev = Some((label, e.time_us));
+        }
+    }
+    let _ = seen;
+    for (k, mut v) in spans {
+        v.sort_by(f64::total_cmp);
+        eprintln!(
+            "[bench]   {k}: p50 {:.1} ms, p99 {:.1} ms ({} runs)",
+            percentile(&v, 0.5),
+            percentile(&v, 0.99),
+            v.len()
+        );
+    }
+    Ok(())
 }
