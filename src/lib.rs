@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod brokers;
+pub mod cli;
 pub mod controller;
 pub mod crdgen;
 pub mod engine;

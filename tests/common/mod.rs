@@ -354,11 +354,15 @@ pub struct ApiProcess {
 impl ApiProcess {
     /// Starts it with `--auth=auth` on a free port and waits until `/readyz` answers 200.
     pub fn start(ns: &str, store: &str, auth: &str) -> Self {
+        Self::start_on(ns, store, auth, free_port())
+    }
+
+    /// The same on a given port (to restart one where its clients expect it).
+    pub fn start_on(ns: &str, store: &str, auth: &str, port: u16) -> Self {
         let dir = repo().join("target/it-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("api-{ns}-{}.log", unique("a")));
         let file = std::fs::File::create(&log).unwrap();
-        let port = free_port();
         let child = env()
             .command(env!("CARGO_BIN_EXE_devset"))
             .arg("api")
@@ -423,4 +427,27 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head}")))?;
     Ok((code, body.to_string()))
+}
+
+/// Declares a durable queue on the test environment's RabbitMQ (publishes to a queue that does
+/// not exist are returned as unroutable).
+pub async fn declare_queue(queue: &str) {
+    use lapin::{
+        Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable,
+    };
+    let conn = Connection::connect(env().var("AMQP_URL"), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    conn.close(200, "ok".into()).await.ok();
 }
