@@ -117,7 +117,7 @@ fn run_of_the_sample_on_the_embedded_broker_completes_and_the_broker_holds_its_m
     assert_eq!(of_type(&ev, "stage.completed").len(), 3);
     // Read back from the broker by a client of its own: the high watermarks.
     assert!(
-        stderr.contains("embedded Kafka broker holds: orders 100, payments 100"),
+        stderr.contains("embedded Kafka broker received: orders 100, payments 100"),
         "{stderr}"
     );
     assert!(stderr.contains("run orders-local Completed"), "{stderr}");
@@ -145,7 +145,7 @@ fn text_output_has_event_lines_and_a_summary_with_each_stage_and_the_rate() {
         "STAGE",
         "MSG/S",
         "total: 200 messages in",
-        "embedded Kafka broker holds: orders 100, payments 100",
+        "embedded Kafka broker received: orders 100, payments 100",
     ] {
         assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
     }
@@ -177,7 +177,7 @@ fn embedded_broker_throughput() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}", text(&out.stderr));
     assert!(
-        stdout.contains("embedded Kafka broker holds: burst 50000"),
+        stdout.contains("embedded Kafka broker received: burst 50000"),
         "{stdout}"
     );
     let total = stdout.lines().find(|l| l.starts_with("total:")).unwrap();
@@ -266,7 +266,7 @@ fn ctrl_c_stops_the_run_gracefully_with_phase_and_exit_code_stopped() {
     assert!((50..100_000).contains(&published), "{published}");
     // Every message sent was acknowledged and counted before the end: the broker agrees.
     assert!(
-        stderr.contains(&format!("embedded Kafka broker holds: slow {published}")),
+        stderr.contains(&format!("embedded Kafka broker received: slow {published}")),
         "{published} published:\n{stderr}"
     );
     assert!(stderr.contains("run slow-local Stopped"), "{stderr}");
@@ -595,14 +595,18 @@ async fn run_against_the_real_brokers_from_connector_files_with_a_secret() {
 
 // --- logs ---------------------------------------------------------------------------------
 
-/// A kubeconfig whose user is a ServiceAccount token and whose context's namespace is `ns`.
-fn token_kubeconfig(dir: &Path, ns: &str, token: &str) -> PathBuf {
+/// A kubeconfig whose user is a ServiceAccount token and whose context's namespace is `ns`;
+/// its second context, `with-api`, also names devset api's address.
+fn token_kubeconfig(dir: &Path, ns: &str, token: &str, api: &str) -> PathBuf {
     let path = dir.join("kubeconfig");
     std::fs::write(
         &path,
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: 'https://127.0.0.1:1'}}\n\
-             users:\n- name: u\n  user: {{token: '{token}'}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u, namespace: {ns}}}\n\
+             users:\n- name: u\n  user: {{token: '{token}'}}\ncontexts:\n\
+             - name: x\n  context: {{cluster: c, user: u, namespace: {ns}}}\n\
+             - name: with-api\n  context:\n    cluster: c\n    user: u\n    namespace: {ns}\n\
+             \x20   extensions:\n    - name: devset.io/api-server\n      extension: {{server: '{api}'}}\n\
              current-context: x\n"
         ),
     )
@@ -652,13 +656,13 @@ fn logs_follow_prints_every_event_exactly_once_across_a_restart_of_the_api() {
     ]);
     let token = env().kubectl_ok(&["-n", &ns.name, "create", "token", "reader"]);
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = token_kubeconfig(dir.path(), &ns.name, token.trim());
+    let server = format!("http://127.0.0.1:{port}");
+    let kubeconfig = token_kubeconfig(dir.path(), &ns.name, token.trim(), &server);
     env().apply(
         &ns.name,
         "apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {name: r1}\n\
          spec: {workflowRef: {name: wf}, connectorRef: {name: kafka}}\n",
     );
-    let server = format!("http://127.0.0.1:{port}");
     let mut child = devset()
         .args(["logs", "r1", "-f", "-o", "json", "--server", &server])
         .env("KUBECONFIG", &kubeconfig)
@@ -701,9 +705,9 @@ fn logs_follow_prints_every_event_exactly_once_across_a_restart_of_the_api() {
     assert_eq!(ev.last().unwrap()["phase"], "Completed");
     assert_eq!(count("kafka-count", &topic), 1500);
 
-    // Without -f: the whole log as text, one line per event; --after skips.
+    // Without -f: the whole log as text, one line per event; the address from the context.
     let out = devset()
-        .args(["logs", "r1", "--server", &server])
+        .args(["logs", "r1", "--context", "with-api"])
         .env("KUBECONFIG", &kubeconfig)
         .output()
         .unwrap();

@@ -53,6 +53,30 @@ pub struct LogsArgs {
     pub context: Option<String>,
 }
 
+/// The kubeconfig context extension that holds devset api's address: a URL, or an object
+/// with `server: URL`.
+pub const EXTENSION: &str = "devset.io/api-server";
+
+/// devset api's address from the context's [`EXTENSION`].
+fn context_server(k: &Kubeconfig, context: Option<&str>) -> Option<String> {
+    let name = context.or(k.current_context.as_deref())?;
+    let ctx = k
+        .contexts
+        .iter()
+        .find(|c| c.name == name)?
+        .context
+        .as_ref()?;
+    let ext = ctx
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.name == EXTENSION)?;
+    ext.extension
+        .as_str()
+        .or_else(|| ext.extension["server"].as_str())
+        .map(str::to_owned)
+}
+
 /// Runs `devset logs`.
 pub fn logs(args: &LogsArgs) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
@@ -73,13 +97,29 @@ pub fn logs(args: &LogsArgs) -> ExitCode {
 
 /// The client of `devset api` and the run's events path.
 async fn connect(args: &LogsArgs) -> Result<(Client, String), String> {
-    let Some(server) = args.server.as_deref() else {
-        return Err(
-            "no address for devset api: pass --server URL or set DEVSET_API_SERVER, e.g. \
-             `kubectl -n devset-system port-forward deploy/devset-operator 8082` and \
-             --server http://127.0.0.1:8082"
-                .into(),
-        );
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    let kubeconfig = match Kubeconfig::read() {
+        Ok(k) => Some(k),
+        Err(_) if args.token.is_some() && args.server.is_some() => None,
+        Err(e) => {
+            return Err(format!(
+                "cannot read the kubeconfig for a token ({e}); pass --token, or set KUBECONFIG"
+            ));
+        }
+    };
+    let from_context = kubeconfig
+        .as_ref()
+        .and_then(|k| context_server(k, args.context.as_deref()));
+    let Some(server) = args.server.clone().or(from_context) else {
+        return Err(format!(
+            "no address for devset api: pass --server URL, set DEVSET_API_SERVER, or add the \
+             extension {EXTENSION:?} to the kubeconfig context; e.g. `kubectl port-forward` \
+             to the operator's pod (label app.kubernetes.io/name=devset-operator) port 8082, \
+             then --server http://127.0.0.1:8082"
+        ));
     };
     let url: http::Uri = server
         .parse()
@@ -89,19 +129,6 @@ async fn connect(args: &LogsArgs) -> Result<(Client, String), String> {
             "--server {server:?}: give a URL such as http://127.0.0.1:8082"
         ));
     }
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let kubeconfig = match Kubeconfig::read() {
-        Ok(k) => Some(k),
-        Err(_) if args.token.is_some() => None,
-        Err(e) => {
-            return Err(format!(
-                "cannot read the kubeconfig for a token ({e}); pass --token, or set KUBECONFIG"
-            ));
-        }
-    };
     let mut config = match kubeconfig {
         Some(k) => Config::from_custom_kubeconfig(k, &options)
             .await

@@ -386,8 +386,21 @@ async fn execute(plan: Plan, args: &RunArgs) -> ExitCode {
     } else {
         match EmbeddedKafka::start(&embedded_topics) {
             Ok(m) => {
+                let names: Vec<&str> = plan
+                    .connectors
+                    .iter()
+                    .filter(|(n, s)| **s == Source::Embedded && *n != "local")
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                let why = match names.as_slice() {
+                    [] => "no broker given".to_owned(),
+                    n => format!(
+                        "no broker given for connector {} (not in the given files)",
+                        n.join(", ")
+                    ),
+                };
                 notice(&format!(
-                    "no broker given: publishing to an embedded Kafka broker (librdkafka's mock cluster) at {}; its messages are gone when this command ends. Use --kafka, --amqp or a BrokerConnector file (-f) for a real broker.",
+                    "{why}: publishing to an embedded Kafka broker (librdkafka's mock cluster) at {}; its messages are gone when this command ends. Use --kafka, --amqp or a BrokerConnector file (-f) for a real broker.",
                     m.bootstrap
                 ));
                 Some(m)
@@ -482,7 +495,7 @@ async fn execute(plan: Plan, args: &RunArgs) -> ExitCode {
     if let Some(m) = &mock {
         match m.counts(&embedded_topics).await {
             Ok(counts) => summary.push_str(&format!(
-                "embedded Kafka broker holds: {}\n",
+                "embedded Kafka broker received: {}\n",
                 counts
                     .iter()
                     .map(|(t, n)| format!("{t} {n}"))
@@ -524,7 +537,8 @@ impl EmbeddedKafka {
         })
     }
 
-    /// The messages each topic holds, read back from the broker with a client of its own.
+    /// The messages each topic received (its high watermarks), read back from the broker with
+    /// a client of its own.
     async fn counts(&self, topics: &BTreeSet<String>) -> Result<Vec<(String, i64)>, String> {
         let bootstrap = self.bootstrap.clone();
         let topics = topics.clone();
@@ -543,10 +557,13 @@ impl EmbeddedKafka {
                     .map_err(|e| e.to_string())?;
                 let mut n = 0;
                 for p in md.topics().iter().flat_map(|mt| mt.partitions()) {
-                    let (lo, hi) = consumer
+                    // The topic was created empty for this run, so the high watermark
+                    // counts every message it took (the mock broker drops old segments
+                    // beyond a few MB, which moves the low one).
+                    let (_, hi) = consumer
                         .fetch_watermarks(&t, p.id(), timeout)
                         .map_err(|e| e.to_string())?;
-                    n += hi - lo;
+                    n += hi;
                 }
                 out.push((t, n));
             }
@@ -601,7 +618,7 @@ impl Reporter {
                 (Some(p), _) => (
                     Some(p.count.max(0) as u64),
                     None,
-                    "{prefix} [{bar:30.cyan/blue}] {pos}/{len} msgs {per_sec} eta {eta} {msg}",
+                    "{prefix} [{bar:30.cyan/blue}] {pos}/{len} msgs {rate} eta {eta} {msg}",
                 ),
                 (_, Some(d)) => (
                     None,
@@ -614,6 +631,12 @@ impl Reporter {
             let bar = multi.add(ProgressBar::new(len));
             let style = ProgressStyle::with_template(template)
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .with_key(
+                    "rate",
+                    |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0}/s", st.per_sec());
+                    },
+                )
                 .progress_chars("=> ");
             bar.set_style(style);
             bar.set_prefix(format!("{:<width$}", s.name));
