@@ -10,3 +10,4 @@ pub mod engine;
 pub mod events;
 pub mod message;
 pub mod server;
+pub mod watch;
