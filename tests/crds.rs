@@ -17,7 +17,6 @@ fn crds_directory_matches_devset_crds() {
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .expect("crds/ exists")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|f| f != "kustomization.yaml")
         .collect();
     files.sort();
     let mut expected: Vec<String> = generated.iter().map(|(n, _)| n.clone()).collect();
@@ -26,22 +25,23 @@ fn crds_directory_matches_devset_crds() {
     assert!(
         stale.is_empty(),
         "crds/ is out of date for {stale:?}; run \
-         `cargo run -- crds --dir crds --dir charts/devset-operator/crds`"
+         `cargo run -- crds --dir crds --dir charts/devset-operator/crds --dir config/crd/bases`"
     );
 }
 
 #[test]
-fn the_chart_holds_the_same_crds() {
+fn the_chart_and_the_kustomize_base_hold_the_same_crds() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let chart = root.join("charts/devset-operator/crds");
-    for (name, yaml) in crdgen::all().expect("CRDs serialize") {
-        let in_chart = std::fs::read_to_string(chart.join(&name)).unwrap_or_default();
-        assert!(
-            in_chart == yaml,
-            "charts/devset-operator/crds/{name} differs from `devset crds`; run \
-             `cargo run -- crds --dir crds --dir charts/devset-operator/crds`"
-        );
+    for dir in ["charts/devset-operator/crds", "config/crd/bases"] {
+        for (name, yaml) in crdgen::all().expect("CRDs serialize") {
+            let copy = std::fs::read_to_string(root.join(dir).join(&name)).unwrap_or_default();
+            assert!(
+                copy == yaml,
+                "{dir}/{name} differs from `devset crds`; run `cargo run -- crds --dir crds \
+                 --dir charts/devset-operator/crds --dir config/crd/bases`"
+            );
+        }
+        let count = std::fs::read_dir(root.join(dir)).unwrap().count();
+        assert_eq!(count, 3, "{dir} holds one file per kind");
     }
-    let count = std::fs::read_dir(&chart).unwrap().count();
-    assert_eq!(count, 3, "the chart's crds/ holds one file per kind");
 }
