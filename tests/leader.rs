@@ -33,27 +33,11 @@ fn leader_and_reconciles(port: u16) -> Option<(u64, u64)> {
 }
 
 fn status(ns: &str, name: &str, path: &str) -> String {
-    env().kubectl_ok(&[
-        "get",
-        "run",
-        name,
-        "-n",
-        ns,
-        "-o",
-        &format!("jsonpath={path}"),
-    ])
+    env().jsonpath(ns, "run", name, path)
 }
 
 fn holder(ns: &str, lease: &str) -> String {
-    env().kubectl_ok(&[
-        "get",
-        "lease",
-        lease,
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ])
+    env().jsonpath(ns, "lease", lease, "{.spec.holderIdentity}")
 }
 
 #[test]
