@@ -415,12 +415,6 @@ fn assert_installed(ns: &str, fullname: &str) {
     ]);
 }
 
-fn yaml_file(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
 /// Runs `kubectl` with the kubeconfig at `kubeconfig`.
 fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> Output {
     env()
@@ -496,48 +490,61 @@ fn helm_install_its_rbac_runs_a_workflow_and_nothing_more_then_uninstall() {
     );
     let api = ApiProcess::start_with_env(&work.name, &store, "kubernetes", &[("KUBECONFIG", kc)]);
 
-    // A sample: a connector, a workflow and a run, applied by "GitOps" with server-side apply.
-    let topic = unique("helm");
-    let dir = repo().join("target/it-logs");
-    let samples = yaml_file(
-        &dir,
-        &format!("{release}-samples.yaml"),
-        &format!(
-            "apiVersion: devset.io/v1alpha1\nkind: BrokerConnector\nmetadata: {{name: kafka}}\n\
-             spec:\n  kafka: {{bootstrapServers: \"{}\"}}\n---\n\
-             apiVersion: devset.io/v1alpha1\nkind: Workflow\nmetadata: {{name: orders}}\n\
-             spec:\n  stages:\n    - name: create\n      publish: {{topic: {topic}, count: 50, \
-             key: \"k-{{{{ seq }}}}\", payload: '{{\"seq\": {{{{ seq }}}}}}'}}\n---\n\
-             apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {{name: orders-1}}\n\
-             spec:\n  workflowRef: {{name: orders}}\n  connectorRef: {{name: kafka}}\n",
-            env().var("KAFKA_BOOTSTRAP")
+    // The samples (config/samples: two connectors, a workflow, a run), applied by "GitOps" with
+    // server-side apply through an overlay that only points the connectors at the test brokers.
+    let (amqp, user, password) = env().amqp_parts();
+    let overlay = repo()
+        .join("target/it-logs")
+        .join(format!("{release}-overlay"));
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             namespace: {ns}\nresources: [../../../config/samples]\npatches:\n\
+             - target: {{kind: BrokerConnector, name: kafka}}\n  patch: |-\n\
+             \x20   - {{op: replace, path: /spec/kafka/bootstrapServers, value: \"{kafka}\"}}\n\
+             - target: {{kind: BrokerConnector, name: rabbitmq}}\n  patch: |-\n\
+             \x20   - {{op: replace, path: /spec/rabbitmq/url, value: \"{amqp}\"}}\n\
+             - target: {{kind: Secret, name: rabbitmq-credentials}}\n  patch: |-\n\
+             \x20   - {{op: replace, path: /stringData, value: {{username: {user}, password: {password}}}}}\n",
+            ns = work.name,
+            kafka = env().var("KAFKA_BOOTSTRAP"),
         ),
-    );
+    )
+    .unwrap();
+    let samples = overlay.to_str().unwrap().to_owned();
     let gitops = |verb: &'static str| {
         env()
             .command("kubectl")
-            .args([verb, "--server-side", "--field-manager=gitops", "-n"])
-            .args([&work.name, "-f", &samples])
+            .args([
+                verb,
+                "--server-side",
+                "--field-manager=gitops",
+                "-k",
+                &samples,
+            ])
             .output()
             .unwrap()
     };
     let applied = gitops("apply");
     assert!(applied.status.success(), "{applied:?}");
-    wait_until(2 * MINUTE, "the run to complete", || {
-        let phase = env().kubectl_ok(&[
-            "get",
-            "run",
-            "orders-1",
-            "-n",
-            &work.name,
-            "-o",
-            "jsonpath={.status.phase}",
-        ]);
+    wait_until(2 * MINUTE, "the sample run to complete", || {
+        let phase = env().jsonpath(&work.name, "run", "orders-1", "{.status.phase}");
         assert_ne!(phase, "Failed");
         (phase == "Completed").then_some(())
     });
-    let counted = env().client("kafka-count", &[&topic]);
-    assert_eq!(String::from_utf8_lossy(&counted.stdout).trim(), "50");
+    let published = env().jsonpath(&work.name, "run", "orders-1", "{.status.messagesPublished}");
+    assert_eq!(published, "200", "the sample's two stages of 100");
+    for bc in ["kafka", "rabbitmq"] {
+        let ready = env().jsonpath(
+            &work.name,
+            "bc",
+            bc,
+            r#"{.status.conditions[?(@.type=="Ready")].status}"#,
+        );
+        assert_eq!(ready, "True", "the sample connector {bc} is Ready");
+    }
     // The Lease is held by the controller, in the release namespace.
     let holder = env().kubectl_ok(&[
         "get",
@@ -588,7 +595,11 @@ fn helm_install_its_rbac_runs_a_workflow_and_nothing_more_then_uninstall() {
         .output()
         .expect("curl runs");
     let sse = String::from_utf8_lossy(&sse.stdout);
-    assert_eq!(sse.matches("event: message.published").count(), 50, "{sse}");
+    assert_eq!(
+        sse.matches("event: message.published").count(),
+        200,
+        "{sse}"
+    );
     assert!(sse.contains("\"phase\":\"Completed\""), "{sse}");
 
     // What the operator must not do is denied.
