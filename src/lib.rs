@@ -11,3 +11,4 @@ pub mod engine;
 pub mod events;
 pub mod message;
 pub mod server;
+pub mod watch;

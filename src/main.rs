@@ -21,9 +21,9 @@ enum Command {
     ///
     /// Install them with: devset crds | kubectl apply --server-side -f -
     Crds {
-        /// Write one file per kind into this directory instead of printing.
+        /// Write one file per kind into this directory instead of printing (repeatable).
         #[arg(long)]
-        dir: Option<PathBuf>,
+        dir: Vec<PathBuf>,
     },
     /// Run a workflow on this machine, without a cluster: against --kafka, --amqp, the
     /// BrokerConnector files given, or else an embedded Kafka broker.
@@ -53,17 +53,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Crds { dir: None } => {
+        Command::Crds { dir } if dir.is_empty() => {
             let docs: Vec<String> = devset::crdgen::all()?.into_iter().map(|(_, y)| y).collect();
             print!("{}", docs.join("---\n"));
         }
-        Command::Crds { dir: Some(dir) } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for (name, yaml) in devset::crdgen::all()? {
-                let path = dir.join(name);
-                std::fs::write(&path, yaml)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                println!("wrote {}", path.display());
+        Command::Crds { dir: dirs } => {
+            for dir in dirs {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                for (name, yaml) in devset::crdgen::all()? {
+                    let path = dir.join(name);
+                    std::fs::write(&path, yaml)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
             }
         }
         Command::Controller(settings) => {

@@ -597,7 +597,7 @@ async fn run_against_the_real_brokers_from_connector_files_with_a_secret() {
 
 /// A kubeconfig whose user is a ServiceAccount token and whose context's namespace is `ns`;
 /// its second context, `with-api`, also names devset api's address.
-fn token_kubeconfig(dir: &Path, ns: &str, token: &str, api: &str) -> PathBuf {
+fn reader_kubeconfig(dir: &Path, ns: &str, token: &str, api: &str) -> PathBuf {
     let path = dir.join("kubeconfig");
     std::fs::write(
         &path,
@@ -633,7 +633,13 @@ fn logs_follow_prints_every_event_exactly_once_across_a_restart_of_the_api() {
     );
     let _controller = ControllerProcess::start_with_store(&ns.name, 10, 0, &store);
     let port = free_port();
-    let mut api = Some(ApiProcess::start_on(&ns.name, &store, "kubernetes", port));
+    let mut api = Some(ApiProcess::start_on(
+        &ns.name,
+        &store,
+        "kubernetes",
+        port,
+        &[],
+    ));
     // A reader's identity, in a kubeconfig of its own: token and namespace come from there.
     env().kubectl_ok(&["-n", &ns.name, "create", "serviceaccount", "reader"]);
     env().kubectl_ok(&[
@@ -657,7 +663,7 @@ fn logs_follow_prints_every_event_exactly_once_across_a_restart_of_the_api() {
     let token = env().kubectl_ok(&["-n", &ns.name, "create", "token", "reader"]);
     let dir = tempfile::tempdir().unwrap();
     let server = format!("http://127.0.0.1:{port}");
-    let kubeconfig = token_kubeconfig(dir.path(), &ns.name, token.trim(), &server);
+    let kubeconfig = reader_kubeconfig(dir.path(), &ns.name, token.trim(), &server);
     env().apply(
         &ns.name,
         "apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {name: r1}\n\
@@ -678,7 +684,13 @@ fn logs_follow_prints_every_event_exactly_once_across_a_restart_of_the_api() {
     // Kill devset api mid-stream, leave it down a moment, start it again on the same port.
     drop(api.take());
     std::thread::sleep(Duration::from_secs(2));
-    api = Some(ApiProcess::start_on(&ns.name, &store, "kubernetes", port));
+    api = Some(ApiProcess::start_on(
+        &ns.name,
+        &store,
+        "kubernetes",
+        port,
+        &[],
+    ));
     let status = wait_until(2 * MINUTE, "devset logs -f to end", || {
         child.try_wait().unwrap()
     });

@@ -116,9 +116,9 @@ async fn connect(args: &LogsArgs) -> Result<(Client, String), String> {
     let Some(server) = args.server.clone().or(from_context) else {
         return Err(format!(
             "no address for devset api: pass --server URL, set DEVSET_API_SERVER, or add the \
-             extension {EXTENSION:?} to the kubeconfig context; e.g. `kubectl port-forward` \
-             to the operator's pod (label app.kubernetes.io/name=devset-operator) port 8082, \
-             then --server http://127.0.0.1:8082"
+             extension {EXTENSION:?} to the kubeconfig context; e.g. \
+             `kubectl -n devset-system port-forward svc/devset-operator 8082` and \
+             --server http://127.0.0.1:8082"
         ));
     };
     let url: http::Uri = server

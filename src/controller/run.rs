@@ -4,8 +4,9 @@
 use super::{
     Context, Error, FINALIZER, Result, apply_status, conditions, connector, drain,
     metrics::{RunMetrics, WORKFLOWRUN},
-    watcher_api,
+    watcher_apis,
 };
+use crate::watch::Stores;
 use crate::{
     api::{
         BrokerConnector, RunPhase, StagePhase, StageStatus, Workflow, WorkflowRun,
@@ -20,7 +21,7 @@ use crate::{
     events::{self, Event, EventLog, EventTarget, RunKey},
     message::{Message, Target},
 };
-use futures::channel::mpsc;
+use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
@@ -51,12 +52,13 @@ const WRITE_INTERVAL: Duration = Duration::from_millis(500);
 /// The runs this controller is executing, and the concurrency limit.
 #[derive(Clone)]
 pub struct Runs {
-    pub(super) store: Store<WorkflowRun>,
+    pub(super) store: Stores<WorkflowRun>,
     active: Arc<tokio::sync::Mutex<HashMap<String, Active>>>,
     /// Runs this controller brought to a final phase whose final status the cache has not
     /// shown yet: a reconcile of the older, cached object must not start or resume them again.
     finished: Arc<Mutex<HashSet<String>>>,
-    trigger: mpsc::UnboundedSender<()>,
+    /// Wakes every run controller (one per namespace) to reconcile all its runs.
+    triggers: Vec<mpsc::UnboundedSender<()>>,
     max: usize,
     shutdown: CancellationToken,
 }
@@ -67,52 +69,60 @@ struct Active {
     done: watch::Receiver<bool>,
 }
 
-/// Builds the WorkflowRun controller; returns it (to run with the shared context) and the
-/// run registry the context holds.
+/// Builds the WorkflowRun controllers (one per watched namespace); returns them (to run with
+/// the shared context) and the run registry the context holds.
 pub fn controller(
     client: Client,
     settings: &super::Settings,
+    stop: CancellationToken,
 ) -> (
     impl FnOnce(Arc<Context>) -> futures::future::BoxFuture<'static, ()>,
     Runs,
 ) {
-    let api: Api<WorkflowRun> = watcher_api(&client, settings);
-    let ctl = Controller::new(api, watcher::Config::default());
-    let store = ctl.store();
-    let (trigger, triggered) = mpsc::unbounded();
-    let runs = Runs {
-        store: store.clone(),
-        active: Default::default(),
-        finished: Default::default(),
-        trigger,
-        max: settings.max_active_runs.max(1),
-        shutdown: CancellationToken::new(),
-    };
-    let wf_store = store.clone();
-    let bc_store = store.clone();
-    let ctl = ctl
-        .watches(
-            watcher_api::<Workflow>(&client, settings),
-            watcher::Config::default(),
-            move |wf| {
+    let mut ctls = Vec::new();
+    let mut stores = Vec::new();
+    let mut triggers = Vec::new();
+    let workflows = watcher_apis::<Workflow>(&client, settings);
+    let connectors = watcher_apis::<BrokerConnector>(&client, settings);
+    for ((api, wf_api), bc_api) in watcher_apis::<WorkflowRun>(&client, settings)
+        .into_iter()
+        .zip(workflows)
+        .zip(connectors)
+    {
+        let ctl = Controller::new(api, watcher::Config::default());
+        let store = ctl.store();
+        let (trigger, triggered) = mpsc::unbounded();
+        let (wf_store, bc_store) = (store.clone(), store.clone());
+        let ctl = ctl
+            .watches(wf_api, watcher::Config::default(), move |wf| {
                 referencing(&wf_store, &wf.namespace().unwrap_or_default(), |r| {
                     r.spec.workflow_ref.name == wf.name_any()
                 })
-            },
-        )
-        .watches(
-            watcher_api::<BrokerConnector>(&client, settings),
-            watcher::Config::default(),
-            move |bc| {
+            })
+            .watches(bc_api, watcher::Config::default(), move |bc| {
                 referencing(&bc_store, &bc.namespace().unwrap_or_default(), |r| {
                     r.spec.connector_ref.name == bc.name_any()
                 })
-            },
-        )
-        .reconcile_all_on(triggered)
-        .shutdown_on_signal();
+            })
+            .reconcile_all_on(triggered)
+            .graceful_shutdown_on(stop.clone().cancelled_owned());
+        ctls.push(ctl);
+        stores.push(store);
+        triggers.push(trigger);
+    }
+    let runs = Runs {
+        store: Stores(stores),
+        active: Default::default(),
+        finished: Default::default(),
+        triggers,
+        max: settings.max_active_runs.max(1),
+        shutdown: CancellationToken::new(),
+    };
     let run = move |ctx: Arc<Context>| -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(async move { drain(WORKFLOWRUN, ctl.run(reconcile, error_policy, ctx)).await })
+        let streams = ctls
+            .into_iter()
+            .map(|ctl| ctl.run(reconcile, error_policy, ctx.clone()).boxed());
+        Box::pin(drain(WORKFLOWRUN, futures::stream::select_all(streams)))
     };
     (run, runs)
 }
@@ -186,7 +196,7 @@ async fn cleanup(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action> {
         active.stop.cancel();
         let mut done = active.done.clone();
         let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d)).await;
-        let _ = ctx.runs.trigger.unbounded_send(());
+        ctx.runs.wake();
     }
     // The finalizer stays until the run's events are gone.
     ctx.events.delete(&log_key(&run)).await?;
@@ -477,7 +487,7 @@ async fn resolve_brokers(
 /// Older runs that are Pending/Queued (the queue is oldest first).
 /// Runs admitted here but whose Running status the store has not seen yet do not count.
 fn queued_ahead(
-    store: &Store<WorkflowRun>,
+    store: &Stores<WorkflowRun>,
     run: &WorkflowRun,
     active: &HashMap<String, Active>,
 ) -> usize {
@@ -880,7 +890,7 @@ fn spawn(
         }
         runs.active.lock().await.remove(&key(&run));
         let _ = done_tx.send(true);
-        let _ = runs.trigger.unbounded_send(());
+        runs.wake();
     });
     Active {
         stop,
@@ -931,6 +941,13 @@ async fn write_if_changed(
 }
 
 impl Runs {
+    /// Reconciles every run again: a slot is free, so the oldest queued run may start.
+    fn wake(&self) {
+        for t in &self.triggers {
+            let _ = t.unbounded_send(());
+        }
+    }
+
     /// Stops every run in flight for a controller shutdown; their status stays Running so a
     /// new controller resumes them.
     pub async fn shutdown(&self, grace: Duration) {
