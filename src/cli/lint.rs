@@ -6,10 +6,11 @@ use super::{
     schema::{API_VERSION, Validator},
 };
 use crate::{
-    api::{Workflow, WorkflowRun},
+    api::{BrokerConnector, Workflow, WorkflowRun},
+    brokers::{BrokerConfig, ConfigError},
     engine::{check::check_workflow, params::resolve_params},
 };
-use std::{path::PathBuf, process::ExitCode};
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 /// Check manifests offline: the CRDs' schema and CEL rules, plus the engine's checks.
 #[derive(Clone, Debug, clap::Args)]
@@ -59,10 +60,60 @@ pub fn check_docs(docs: &mut [Doc]) -> Vec<Problem> {
                 Err(p) => problems.push(p),
             },
             "WorkflowRun" => problems.extend(check_run_params(doc, docs)),
+            "BrokerConnector" => problems.extend(check_connector(doc)),
             _ => {}
         }
     }
     problems
+}
+
+/// What the engine rejects in a connector beyond CEL (a SASL protocol without `sasl`, TLS
+/// options RabbitMQ cannot take, a URL without a host). Secrets are not needed: every key the
+/// spec names is taken to be there.
+fn check_connector(doc: &Doc) -> Option<Problem> {
+    let bc: BrokerConnector = match doc.parse() {
+        Ok(b) => b,
+        Err(p) => return Some(p),
+    };
+    fn keys(v: &serde_json::Value, out: &mut BTreeMap<String, Vec<u8>>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    if let (true, Some(name)) = (k.ends_with("Key") || k == "key", x.as_str()) {
+                        out.insert(name.to_owned(), Vec::new());
+                    }
+                    keys(x, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| keys(x, out)),
+            _ => {}
+        }
+    }
+    let mut data: BTreeMap<String, Vec<u8>> = ["username", "password", "tls.crt", "tls.key"]
+        .into_iter()
+        .map(|k| (k.to_owned(), Vec::new()))
+        .collect();
+    keys(&doc.value["spec"], &mut data);
+    match BrokerConfig::from_spec(&bc.spec, |_| Some(data.clone())) {
+        Err(ConfigError::Invalid(m)) => {
+            // Messages start with the field they are about: `spec.rabbitmq.url: …` or
+            // `spec.kafka.sasl needs …`.
+            let field = m
+                .split([' ', ':'])
+                .next()
+                .filter(|f| f.starts_with("spec."))
+                .unwrap_or("spec");
+            let message = m
+                .strip_prefix(&format!("{field}: "))
+                .unwrap_or(&m)
+                .to_owned();
+            Some(Problem {
+                at: doc.at(field),
+                message,
+            })
+        }
+        _ => None,
+    }
 }
 
 /// A run's params against its Workflow, when that is among the documents.
@@ -169,6 +220,36 @@ mod tests {
                 "m.yaml:spec.params.n: param \"n\": expected integer, got \"lots\" (Workflow \"w\") \
               (WorkflowRun \"r\")"
             ]
+        );
+    }
+
+    #[test]
+    fn connectors_get_the_engines_checks_without_their_secrets() {
+        let head = "apiVersion: devset.io/v1alpha1\nkind: BrokerConnector\nmetadata: {name: c}\n";
+        assert_eq!(
+            problems(&format!(
+                "{head}spec: {{kafka: {{bootstrapServers: 'k:9093', securityProtocol: SASL_SSL}}}}\n"
+            )),
+            [
+                "m.yaml:spec.kafka.securityProtocol: spec.kafka.securityProtocol SASL_PLAINTEXT and \
+              SASL_SSL need spec.kafka.sasl"
+            ]
+        );
+        assert_eq!(
+            problems(&format!(
+                "{head}spec: {{rabbitmq: {{url: 'amqps://r/%2f', secretRef: {{name: s, usernameKey: user}}, \
+                 tls: {{insecureSkipVerify: true, caSecretRef: {{name: ca, key: ca.pem}}}}}}}}\n"
+            ))
+            .len(),
+            1
+        );
+        // Secrets named by the spec need not be in the files.
+        assert_eq!(
+            problems(&format!(
+                "{head}spec: {{rabbitmq: {{url: 'amqps://r/%2f', secretRef: {{name: s, usernameKey: user}}, \
+                 tls: {{caSecretRef: {{name: ca, key: ca.pem}}, clientCertSecretRef: {{name: cert}}}}}}}}\n"
+            )),
+            Vec::<String>::new()
         );
     }
 

@@ -455,6 +455,16 @@ async fn execute(plan: Plan, args: &RunArgs) -> ExitCode {
         default_connector: plan.default_connector.clone(),
     };
     let stop = CancellationToken::new();
+    // One listener for the whole run: a signal that comes while the loop below is busy is
+    // kept for its next turn, not lost.
+    let mut interrupts =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot handle Ctrl-C: {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
     let observer: Arc<dyn Observer> = reporter.clone();
     let mut engine = tokio::spawn(runner::run(input, observer, stop.clone()));
     let ticker = reporter.clone();
@@ -468,14 +478,14 @@ async fn execute(plan: Plan, args: &RunArgs) -> ExitCode {
         tokio::select! {
             res = &mut engine => break res.unwrap_or_else(|e| RunOutcome::Failed {
                 stage: String::new(), reason: "InternalError".into(), message: e.to_string() }),
-            _ = tokio::signal::ctrl_c(), if !stop.is_cancelled() => {
+            _ = interrupts.recv() => {
+                if stop.is_cancelled() {
+                    multi.suspend(|| eprintln!("devset: second Ctrl-C: quitting at once"));
+                    std::process::exit(EXIT_STOPPED.into());
+                }
                 stop.cancel();
                 reporter.phase(RunPhase::Stopping, "Stopping",
                     "a stop was requested (Ctrl-C); in-flight work is finishing; Ctrl-C again quits at once");
-            }
-            _ = tokio::signal::ctrl_c(), if stop.is_cancelled() => {
-                multi.suspend(|| eprintln!("devset: second Ctrl-C: quitting at once"));
-                std::process::exit(EXIT_STOPPED.into());
             }
         }
     };
@@ -529,6 +539,15 @@ impl EmbeddedKafka {
             cluster
                 .create_topic(t, 1, 1)
                 .map_err(|e| format!("topic {t}: {e}"))?;
+        }
+        // A test knob: every answer of the embedded broker is this late (a slow stop).
+        if let Some(ms) = std::env::var("DEVSET_EMBEDDED_BROKER_RTT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cluster
+                .broker_round_trip_time(-1, Duration::from_millis(ms))
+                .map_err(|e| e.to_string())?;
         }
         let bootstrap = cluster.bootstrap_servers();
         Ok(EmbeddedKafka {
