@@ -754,12 +754,14 @@ impl Reporter {
             events::phase_name(phase),
             elapsed.as_secs_f64()
         );
-        let width = self.order.iter().map(String::len).max().unwrap_or(5).max(5);
-        s.push_str(&format!(
-            "  {:<width$}  {:<10} {:>9} {:>10} {:>10}\n",
-            "STAGE", "RESULT", "DURATION", "MESSAGES", "MSG/S"
-        ));
         let mut total = 0;
+        let mut rows = vec![[
+            "STAGE".to_owned(),
+            "RESULT".to_owned(),
+            "DURATION".to_owned(),
+            "MESSAGES".to_owned(),
+            "MSG/S".to_owned(),
+        ]];
         for name in &self.order {
             let line = &self.stages[name];
             let n = line.published.load(Ordering::Relaxed);
@@ -779,8 +781,19 @@ impl Reporter {
                 (Some(_), _) => (n.to_string(), "-".to_owned()),
                 (None, _) => ("-".to_owned(), "-".to_owned()),
             };
+            rows.push([name.clone(), result, duration, messages, rate]);
+        }
+        let w: Vec<usize> = (0..5)
+            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        for [name, result, duration, messages, rate] in &rows {
             s.push_str(&format!(
-                "  {name:<width$}  {result:<10} {duration:>9} {messages:>10} {rate:>10}\n"
+                "  {name:<w0$}  {result:<w1$}  {duration:>w2$}  {messages:>w3$}  {rate:>w4$}\n",
+                w0 = w[0],
+                w1 = w[1],
+                w2 = w[2],
+                w3 = w[3],
+                w4 = w[4]
             ));
         }
         let secs = elapsed.as_secs_f64().max(1e-9);
