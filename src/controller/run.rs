@@ -18,7 +18,7 @@ use crate::{
         params::resolve_params,
         runner::{self, Observer, RunInput, RunOutcome, StageOutcome, StageResume},
     },
-    events::{self, Event, EventLog, EventTarget, RunKey},
+    events::{self, Event, EventLog, RunKey},
     message::{Message, Target},
 };
 use futures::{StreamExt, channel::mpsc};
@@ -670,21 +670,17 @@ impl Tracker {
         }
         self.changed.notify_one();
     }
-
-    /// Appends a stage event.
-    fn log_stage(&self, kind: &str, stage: &str, f: impl FnOnce(&mut Event)) {
-        let mut e = Event {
-            stage: Some(stage.to_owned()),
-            ..Event::new(&self.key, kind)
-        };
-        f(&mut e);
-        self.log.append(&self.key, e);
-    }
 }
 
 impl Observer for Tracker {
     fn stage_started(&self, stage: &str, attempt: u32) {
-        self.log_stage(events::STAGE_STARTED, stage, |e| e.attempt = Some(attempt));
+        self.log.append(
+            &self.key,
+            Event {
+                attempt: Some(attempt),
+                ..Event::stage(&self.key, events::STAGE_STARTED, stage)
+            },
+        );
         self.metrics.stage_started(stage);
         self.stage(stage, |s, _| {
             s.phase = StagePhase::Running;
@@ -704,29 +700,16 @@ impl Observer for Tracker {
     ) {
         let limits = self.log.store().limits();
         if self.logged.fetch_add(1, Ordering::Relaxed) < limits.max_message_events {
-            self.log_stage(events::MESSAGE_PUBLISHED, stage, |e| {
-                e.target = Some(EventTarget::new(
-                    connector,
-                    target,
-                    msg.routing_key.as_deref(),
-                ));
-                e.sequence = Some(msg.seq);
-                e.partition = delivery.partition;
-                e.offset = delivery.offset;
-                e.delivery_tag = delivery.delivery_tag;
-                e.key = msg.key.clone();
-                e.headers =
-                    (!msg.headers.is_empty()).then(|| msg.headers.iter().cloned().collect());
-                // Cut before copying: a large payload is copied only up to the cap.
-                let cut = limits.max_payload_bytes.min(msg.payload.len());
-                let mut end = cut;
-                while !msg.payload.is_char_boundary(end) {
-                    end -= 1;
-                }
-                e.payload = Some(msg.payload[..end].to_owned());
-                e.payload_bytes = Some(msg.payload.len() as u64);
-                e.payload_truncated = end < msg.payload.len();
-            });
+            let e = Event::published(
+                &self.key,
+                stage,
+                connector,
+                target,
+                msg,
+                delivery,
+                limits.max_payload_bytes,
+            );
+            self.log.append(&self.key, e);
         } else {
             self.log.dropped(&self.key, 1);
         }
@@ -738,11 +721,15 @@ impl Observer for Tracker {
     }
 
     fn stage_retrying(&self, stage: &str, attempt: u32, reason: &str, message: &str) {
-        self.log_stage(events::STAGE_RETRYING, stage, |e| {
-            e.attempt = Some(attempt);
-            e.reason = Some(reason.to_owned());
-            e.message = Some(message.to_owned());
-        });
+        self.log.append(
+            &self.key,
+            Event {
+                attempt: Some(attempt),
+                reason: Some(reason.to_owned()),
+                message: Some(message.to_owned()),
+                ..Event::stage(&self.key, events::STAGE_RETRYING, stage)
+            },
+        );
         self.stage(stage, |s, _| {
             s.message = Some(format!(
                 "attempt {attempt} failed ({reason}): {message}; retrying"
@@ -752,16 +739,8 @@ impl Observer for Tracker {
     }
 
     fn stage_finished(&self, stage: &str, outcome: &StageOutcome) {
-        match outcome {
-            StageOutcome::Succeeded => self.log_stage(events::STAGE_COMPLETED, stage, |_| {}),
-            StageOutcome::Stopped => self.log_stage(events::STAGE_STOPPED, stage, |_| {}),
-            StageOutcome::Failed { reason, message } => {
-                self.log_stage(events::STAGE_FAILED, stage, |e| {
-                    e.reason = Some(reason.clone());
-                    e.message = Some(message.clone());
-                })
-            }
-        }
+        self.log
+            .append(&self.key, Event::stage_finished(&self.key, stage, outcome));
         self.metrics.stage_finished(stage, outcome);
         self.stage(stage, |s, _| {
             s.completed_at = Some(Time(Timestamp::now()));
@@ -838,31 +817,7 @@ fn spawn(
             // Keep it Running: the next controller resumes it from these counts.
             let _ = apply_status(&api, run.as_ref(), &last).await;
         } else {
-            let (phase, reason, message) = match &outcome {
-                RunOutcome::Completed => (
-                    RunPhase::Completed,
-                    "Completed".to_string(),
-                    "every stage succeeded".to_string(),
-                ),
-                RunOutcome::Stopped => (
-                    RunPhase::Stopped,
-                    "Stopped".to_string(),
-                    "stopped on request".to_string(),
-                ),
-                RunOutcome::Failed {
-                    stage,
-                    reason,
-                    message,
-                } => (
-                    RunPhase::Failed,
-                    reason.clone(),
-                    if stage.is_empty() {
-                        message.clone()
-                    } else {
-                        format!("stage {stage:?} failed: {message}")
-                    },
-                ),
-            };
+            let (phase, reason, message) = outcome.end();
             finalize(&mut last, phase, &reason, &message, generation);
             // The log's terminal event is durable before the status says the run is over.
             t.log
