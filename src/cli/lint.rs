@@ -15,8 +15,8 @@ use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 /// Check manifests offline: the CRDs' schema and CEL rules, plus the engine's checks.
 #[derive(Clone, Debug, clap::Args)]
 pub struct LintArgs {
-    /// A manifest file (several documents separated by `---` are fine; `-` reads stdin).
-    /// Repeat for more files.
+    /// A manifest file (several documents separated by `---` are fine; `-` reads stdin), or
+    /// a directory (its .yaml, .yml and .json files, recursively). Repeat for more.
     #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
 }
@@ -166,10 +166,7 @@ pub fn lint(args: &LintArgs) -> ExitCode {
         .filter(|d| d.api_version().starts_with("devset.io/"))
         .count();
     if problems.is_empty() {
-        eprintln!(
-            "{} file(s), {ours} devset object(s): no problems",
-            args.files.len()
-        );
+        eprintln!("{ours} devset object(s): no problems");
         ExitCode::SUCCESS
     } else {
         eprintln!("{} problem(s)", problems.len());

@@ -103,12 +103,17 @@ impl Problem {
     }
 }
 
-/// Reads every document of every file (`-` reads standard input). Empty documents are
-/// skipped. A file that cannot be read or parsed is one problem naming it.
+/// Reads every document of every file (`-` reads standard input; a directory means its
+/// `.yaml`/`.yml`/`.json` files, recursively, in name order). Empty documents are skipped. A
+/// file that cannot be read or parsed is one problem naming it.
 pub fn load(files: &[PathBuf]) -> Result<Vec<Doc>, Vec<Problem>> {
     let mut docs = Vec::new();
     let mut problems = Vec::new();
+    let mut expanded = Vec::new();
     for path in files {
+        expand(path, &mut expanded);
+    }
+    for path in &expanded {
         match load_file(path) {
             Ok(d) => docs.extend(d),
             Err(p) => problems.push(p),
@@ -118,6 +123,26 @@ pub fn load(files: &[PathBuf]) -> Result<Vec<Doc>, Vec<Problem>> {
         Ok(docs)
     } else {
         Err(problems)
+    }
+}
+
+/// `path` itself, or the manifest files under it when it is a directory.
+fn expand(path: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        out.push(path.to_owned());
+        return;
+    };
+    let mut entries: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
+    entries.sort();
+    for e in entries {
+        if e.is_dir() {
+            expand(&e, out);
+        } else if matches!(
+            e.extension().and_then(|x| x.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push(e);
+        }
     }
 }
 
@@ -177,6 +202,29 @@ pub fn parse_docs(file: &str, text: &str) -> Result<Vec<Doc>, Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_means_its_manifests_recursively_in_name_order() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        expand(&root.join("config"), &mut files);
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        assert!(names.contains(&"config/samples/workflow.yaml".to_string()));
+        assert!(names.contains(&"config/crd/bases/workflows.devset.io.yaml".to_string()));
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        let docs = load(&[root.join("config/samples")]).expect("the samples load");
+        assert_eq!(
+            docs.iter()
+                .filter(|d| d.api_version().starts_with("devset.io/"))
+                .count(),
+            4
+        );
+    }
 
     #[test]
     fn several_documents_and_empty_ones() {
