@@ -4,12 +4,14 @@
 
 pub mod api;
 pub mod brokers;
+pub mod cli;
 pub mod controller;
 pub mod crdgen;
 pub mod engine;
 pub mod events;
 pub mod message;
 pub mod server;
+pub mod watch;
 
 // mimalloc instead of glibc's malloc for the whole binary (and the tests and examples that
 // link this crate): a publish stage allocates per message on a tokio worker while librdkafka's

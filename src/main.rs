@@ -21,14 +21,28 @@ enum Command {
     ///
     /// Install them with: devset crds | kubectl apply --server-side -f -
     Crds {
-        /// Write one file per kind into this directory instead of printing.
+        /// Write one file per kind into this directory instead of printing (repeatable).
         #[arg(long)]
-        dir: Option<PathBuf>,
+        dir: Vec<PathBuf>,
     },
+    /// Run a workflow on this machine, without a cluster: against --kafka, --amqp, the
+    /// BrokerConnector files given, or else an embedded Kafka broker.
+    Run(devset::cli::run::RunArgs),
+    /// Print a run's event log from devset api (-f: follow it live until the run ends).
+    Logs(devset::cli::logs::LogsArgs),
+    /// Check manifests offline: the CRDs' schema and CEL rules, and the workflow checks.
+    Lint(devset::cli::lint::LintArgs),
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    use clap::{CommandFactory, FromArgMatches};
+    // As the kubectl plugin `kubectl-devset`, help and errors say `kubectl devset`.
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let matches = Cli::command()
+        .bin_name(devset::cli::bin_name(&argv0))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -39,23 +53,35 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Crds { dir: None } => {
+        Command::Crds { dir } if dir.is_empty() => {
             let docs: Vec<String> = devset::crdgen::all()?.into_iter().map(|(_, y)| y).collect();
             print!("{}", docs.join("---\n"));
         }
-        Command::Crds { dir: Some(dir) } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for (name, yaml) in devset::crdgen::all()? {
-                let path = dir.join(name);
-                std::fs::write(&path, yaml)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                println!("wrote {}", path.display());
+        Command::Crds { dir: dirs } => {
+            for dir in dirs {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                for (name, yaml) in devset::crdgen::all()? {
+                    let path = dir.join(name);
+                    std::fs::write(&path, yaml)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
             }
         }
         Command::Controller(settings) => {
             init_tracing();
             tokio::runtime::Runtime::new()?.block_on(devset::controller::run(settings))?;
         }
+        Command::Run(args) => {
+            init_cli_tracing();
+            return Ok(devset::cli::run::run(&args));
+        }
+        Command::Logs(args) => {
+            init_cli_tracing();
+            return Ok(devset::cli::logs::logs(&args));
+        }
+        Command::Lint(args) => return Ok(devset::cli::lint::lint(&args)),
         Command::Api(settings) => {
             init_tracing();
             tokio::runtime::Runtime::new()?.block_on(devset::server::run(settings))?;
@@ -78,6 +104,17 @@ fn init_tracing() {
         .init();
 }
 
+/// The CLI commands log nothing unless `RUST_LOG` asks: their output is for people.
+fn init_cli_tracing() {
+    use tracing_subscriber::EnvFilter;
+    if let Ok(filter) = EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -85,7 +122,7 @@ mod tests {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
         // Subcommands are built lazily: parse each one's --help to check its flags too.
-        for sub in ["controller", "api", "crds"] {
+        for sub in ["controller", "api", "crds", "run", "logs", "lint"] {
             let err = super::Cli::command()
                 .try_get_matches_from(["devset", sub, "--help"])
                 .unwrap_err();

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    ControllerProcess, TestNamespace, env, free_port, http_get, install_crds, unique, wait_until,
+    ControllerProcess, TestNamespace, declare_queue, env, free_port, http_get, install_crds,
+    unique, wait_until,
 };
 use std::time::{Duration, Instant};
 
@@ -55,27 +56,6 @@ fn wait_phase(ns: &str, run: &str, phase: &str, timeout: Duration) {
         );
         (p == phase).then_some(())
     });
-}
-
-async fn declare_queue(queue: &str) {
-    use lapin::{
-        Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable,
-    };
-    let conn = Connection::connect(env().var("AMQP_URL"), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    conn.close(200, "ok".into()).await.ok();
 }
 
 fn count(script: &str, target: &str) -> i64 {

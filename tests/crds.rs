@@ -24,6 +24,24 @@ fn crds_directory_matches_devset_crds() {
     assert_eq!(files, expected, "crds/ holds exactly one file per kind");
     assert!(
         stale.is_empty(),
-        "crds/ is out of date for {stale:?}; run `cargo run -- crds --dir crds`"
+        "crds/ is out of date for {stale:?}; run \
+         `cargo run -- crds --dir crds --dir charts/devset-operator/crds --dir config/crd/bases`"
     );
+}
+
+#[test]
+fn the_chart_and_the_kustomize_base_hold_the_same_crds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in ["charts/devset-operator/crds", "config/crd/bases"] {
+        for (name, yaml) in crdgen::all().expect("CRDs serialize") {
+            let copy = std::fs::read_to_string(root.join(dir).join(&name)).unwrap_or_default();
+            assert!(
+                copy == yaml,
+                "{dir}/{name} differs from `devset crds`; run `cargo run -- crds --dir crds \
+                 --dir charts/devset-operator/crds --dir config/crd/bases`"
+            );
+        }
+        let count = std::fs::read_dir(root.join(dir)).unwrap().count();
+        assert_eq!(count, 3, "{dir} holds one file per kind");
+    }
 }

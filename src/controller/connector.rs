@@ -1,8 +1,6 @@
 //! BrokerConnector: resolve the Secret, probe the broker, report `Ready`.
 
-use super::{
-    Context, Error, Result, apply_status, conditions, drain, metrics::BROKERCONNECTOR, watcher_api,
-};
+use super::{Context, Error, Result, apply_status, conditions, metrics::BROKERCONNECTOR};
 use crate::{
     api::{BrokerConnector, BrokerConnectorStatus, conditions::READY},
     brokers::{self, BrokerConfig},
@@ -10,7 +8,7 @@ use crate::{
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
-    runtime::{Controller, controller::Action, events::EventType, watcher},
+    runtime::{controller::Action, events::EventType},
 };
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use tracing::{info, instrument};
@@ -18,11 +16,7 @@ use tracing::{info, instrument};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn controller(ctx: Arc<Context>) {
-    let api: Api<BrokerConnector> = watcher_api(&ctx.client, &ctx.settings);
-    let stream = Controller::new(api, watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx);
-    drain(BROKERCONNECTOR, stream).await;
+    super::reconcile_per_namespace(ctx, BROKERCONNECTOR, reconcile, error_policy).await;
 }
 
 fn error_policy(_: Arc<BrokerConnector>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -17,7 +17,6 @@ use crate::{
     engine::runner::{RunInput, StageOutcome},
 };
 use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse};
-use kube::runtime::reflector::Store;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -87,6 +86,8 @@ pub struct Metrics {
     pub engine: EngineMetrics,
     /// `/readyz` answers 200 once this is set.
     ready: AtomicBool,
+    /// 1 while this replica runs the reconcilers (holds the Lease, or election is off).
+    leader: Gauge,
 }
 
 /// `devset_reconcile_*`.
@@ -107,7 +108,7 @@ pub struct EngineMetrics {
 impl Metrics {
     /// Builds the registry; `runs` is the WorkflowRun store `devset_runs_by_phase` is read from,
     /// `log` the event log writer's counters.
-    pub fn new(runs: Store<WorkflowRun>, log: &crate::events::LogMetrics) -> Self {
+    pub fn new(runs: crate::watch::Stores<WorkflowRun>, log: &crate::events::LogMetrics) -> Self {
         let mut registry = Registry::with_prefix("devset");
 
         let reconcile = ReconcileMetrics {
@@ -182,11 +183,19 @@ impl Metrics {
             log.queued.clone(),
         );
 
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the reconcilers (it holds the Lease, or election is off)",
+            leader.clone(),
+        );
+
         Self {
             registry,
             reconcile,
             engine,
             ready: AtomicBool::new(false),
+            leader,
         }
     }
 
@@ -196,6 +205,10 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String does not fail");
         out
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -355,7 +368,7 @@ impl Drop for ActiveRun {
 /// `devset_runs_by_phase`: counted from the WorkflowRun store on each scrape.
 #[derive(Debug)]
 struct PhaseCollector {
-    store: Store<WorkflowRun>,
+    store: crate::watch::Stores<WorkflowRun>,
 }
 
 impl Collector for PhaseCollector {
@@ -439,7 +452,7 @@ mod tests {
 
     fn metrics() -> Metrics {
         let (store, _writer) = reflector::store::<WorkflowRun>();
-        Metrics::new(store, &Default::default())
+        Metrics::new(crate::watch::Stores(vec![store]), &Default::default())
     }
 
     #[test]

@@ -4,8 +4,9 @@
 use super::{
     Context, Error, FINALIZER, Result, apply_status, conditions, connector, drain,
     metrics::{RunMetrics, WORKFLOWRUN},
-    watcher_api,
+    watcher_apis,
 };
+use crate::watch::Stores;
 use crate::{
     api::{
         BrokerConnector, RunPhase, StagePhase, StageStatus, Workflow, WorkflowRun,
@@ -17,10 +18,10 @@ use crate::{
         params::resolve_params,
         runner::{self, Observer, RunInput, RunOutcome, StageOutcome, StageResume},
     },
-    events::{self, Event, EventLog, EventTarget, RunKey},
+    events::{self, Event, EventLog, RunKey},
     message::{Message, Target},
 };
-use futures::channel::mpsc;
+use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
@@ -51,12 +52,13 @@ const WRITE_INTERVAL: Duration = Duration::from_millis(500);
 /// The runs this controller is executing, and the concurrency limit.
 #[derive(Clone)]
 pub struct Runs {
-    pub(super) store: Store<WorkflowRun>,
+    pub(super) store: Stores<WorkflowRun>,
     active: Arc<tokio::sync::Mutex<HashMap<String, Active>>>,
     /// Runs this controller brought to a final phase whose final status the cache has not
     /// shown yet: a reconcile of the older, cached object must not start or resume them again.
     finished: Arc<Mutex<HashSet<String>>>,
-    trigger: mpsc::UnboundedSender<()>,
+    /// Wakes every run controller (one per namespace) to reconcile all its runs.
+    triggers: Vec<mpsc::UnboundedSender<()>>,
     max: usize,
     shutdown: CancellationToken,
 }
@@ -67,52 +69,60 @@ struct Active {
     done: watch::Receiver<bool>,
 }
 
-/// Builds the WorkflowRun controller; returns it (to run with the shared context) and the
-/// run registry the context holds.
+/// Builds the WorkflowRun controllers (one per watched namespace); returns them (to run with
+/// the shared context) and the run registry the context holds.
 pub fn controller(
     client: Client,
     settings: &super::Settings,
+    stop: CancellationToken,
 ) -> (
     impl FnOnce(Arc<Context>) -> futures::future::BoxFuture<'static, ()>,
     Runs,
 ) {
-    let api: Api<WorkflowRun> = watcher_api(&client, settings);
-    let ctl = Controller::new(api, watcher::Config::default());
-    let store = ctl.store();
-    let (trigger, triggered) = mpsc::unbounded();
-    let runs = Runs {
-        store: store.clone(),
-        active: Default::default(),
-        finished: Default::default(),
-        trigger,
-        max: settings.max_active_runs.max(1),
-        shutdown: CancellationToken::new(),
-    };
-    let wf_store = store.clone();
-    let bc_store = store.clone();
-    let ctl = ctl
-        .watches(
-            watcher_api::<Workflow>(&client, settings),
-            watcher::Config::default(),
-            move |wf| {
+    let mut ctls = Vec::new();
+    let mut stores = Vec::new();
+    let mut triggers = Vec::new();
+    let workflows = watcher_apis::<Workflow>(&client, settings);
+    let connectors = watcher_apis::<BrokerConnector>(&client, settings);
+    for ((api, wf_api), bc_api) in watcher_apis::<WorkflowRun>(&client, settings)
+        .into_iter()
+        .zip(workflows)
+        .zip(connectors)
+    {
+        let ctl = Controller::new(api, watcher::Config::default());
+        let store = ctl.store();
+        let (trigger, triggered) = mpsc::unbounded();
+        let (wf_store, bc_store) = (store.clone(), store.clone());
+        let ctl = ctl
+            .watches(wf_api, watcher::Config::default(), move |wf| {
                 referencing(&wf_store, &wf.namespace().unwrap_or_default(), |r| {
                     r.spec.workflow_ref.name == wf.name_any()
                 })
-            },
-        )
-        .watches(
-            watcher_api::<BrokerConnector>(&client, settings),
-            watcher::Config::default(),
-            move |bc| {
+            })
+            .watches(bc_api, watcher::Config::default(), move |bc| {
                 referencing(&bc_store, &bc.namespace().unwrap_or_default(), |r| {
                     r.spec.connector_ref.name == bc.name_any()
                 })
-            },
-        )
-        .reconcile_all_on(triggered)
-        .shutdown_on_signal();
+            })
+            .reconcile_all_on(triggered)
+            .graceful_shutdown_on(stop.clone().cancelled_owned());
+        ctls.push(ctl);
+        stores.push(store);
+        triggers.push(trigger);
+    }
+    let runs = Runs {
+        store: Stores(stores),
+        active: Default::default(),
+        finished: Default::default(),
+        triggers,
+        max: settings.max_active_runs.max(1),
+        shutdown: CancellationToken::new(),
+    };
     let run = move |ctx: Arc<Context>| -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(async move { drain(WORKFLOWRUN, ctl.run(reconcile, error_policy, ctx)).await })
+        let streams = ctls
+            .into_iter()
+            .map(|ctl| ctl.run(reconcile, error_policy, ctx.clone()).boxed());
+        Box::pin(drain(WORKFLOWRUN, futures::stream::select_all(streams)))
     };
     (run, runs)
 }
@@ -186,7 +196,7 @@ async fn cleanup(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action> {
         active.stop.cancel();
         let mut done = active.done.clone();
         let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d)).await;
-        let _ = ctx.runs.trigger.unbounded_send(());
+        ctx.runs.wake();
     }
     // The finalizer stays until the run's events are gone.
     ctx.events.delete(&log_key(&run)).await?;
@@ -491,7 +501,7 @@ async fn resolve_brokers(
 /// Older runs that are Pending/Queued (the queue is oldest first).
 /// Runs admitted here but whose Running status the store has not seen yet do not count.
 fn queued_ahead(
-    store: &Store<WorkflowRun>,
+    store: &Stores<WorkflowRun>,
     run: &WorkflowRun,
     active: &HashMap<String, Active>,
 ) -> usize {
@@ -674,21 +684,17 @@ impl Tracker {
         }
         self.changed.notify_one();
     }
-
-    /// Appends a stage event.
-    fn log_stage(&self, kind: &str, stage: &str, f: impl FnOnce(&mut Event)) {
-        let mut e = Event {
-            stage: Some(stage.to_owned()),
-            ..Event::new(&self.key, kind)
-        };
-        f(&mut e);
-        self.log.append(&self.key, e);
-    }
 }
 
 impl Observer for Tracker {
     fn stage_started(&self, stage: &str, attempt: u32) {
-        self.log_stage(events::STAGE_STARTED, stage, |e| e.attempt = Some(attempt));
+        self.log.append(
+            &self.key,
+            Event {
+                attempt: Some(attempt),
+                ..Event::stage(&self.key, events::STAGE_STARTED, stage)
+            },
+        );
         self.metrics.stage_started(stage);
         self.stage(stage, |s, _| {
             s.phase = StagePhase::Running;
@@ -708,29 +714,16 @@ impl Observer for Tracker {
     ) {
         let limits = self.log.store().limits();
         if self.logged.fetch_add(1, Ordering::Relaxed) < limits.max_message_events {
-            self.log_stage(events::MESSAGE_PUBLISHED, stage, |e| {
-                e.target = Some(EventTarget::new(
-                    connector,
-                    target,
-                    msg.routing_key.as_deref(),
-                ));
-                e.sequence = Some(msg.seq);
-                e.partition = delivery.partition;
-                e.offset = delivery.offset;
-                e.delivery_tag = delivery.delivery_tag;
-                e.key = msg.key.clone();
-                e.headers =
-                    (!msg.headers.is_empty()).then(|| msg.headers.iter().cloned().collect());
-                // Cut before copying: a large payload is copied only up to the cap.
-                let cut = limits.max_payload_bytes.min(msg.payload.len());
-                let mut end = cut;
-                while !msg.payload.is_char_boundary(end) {
-                    end -= 1;
-                }
-                e.payload = Some(msg.payload[..end].to_owned());
-                e.payload_bytes = Some(msg.payload.len() as u64);
-                e.payload_truncated = end < msg.payload.len();
-            });
+            let e = Event::published(
+                &self.key,
+                stage,
+                connector,
+                target,
+                msg,
+                delivery,
+                limits.max_payload_bytes,
+            );
+            self.log.append(&self.key, e);
         } else {
             self.log.dropped(&self.key, 1);
         }
@@ -742,11 +735,15 @@ impl Observer for Tracker {
     }
 
     fn stage_retrying(&self, stage: &str, attempt: u32, reason: &str, message: &str) {
-        self.log_stage(events::STAGE_RETRYING, stage, |e| {
-            e.attempt = Some(attempt);
-            e.reason = Some(reason.to_owned());
-            e.message = Some(message.to_owned());
-        });
+        self.log.append(
+            &self.key,
+            Event {
+                attempt: Some(attempt),
+                reason: Some(reason.to_owned()),
+                message: Some(message.to_owned()),
+                ..Event::stage(&self.key, events::STAGE_RETRYING, stage)
+            },
+        );
         self.stage(stage, |s, _| {
             s.message = Some(format!(
                 "attempt {attempt} failed ({reason}): {message}; retrying"
@@ -756,16 +753,8 @@ impl Observer for Tracker {
     }
 
     fn stage_finished(&self, stage: &str, outcome: &StageOutcome) {
-        match outcome {
-            StageOutcome::Succeeded => self.log_stage(events::STAGE_COMPLETED, stage, |_| {}),
-            StageOutcome::Stopped => self.log_stage(events::STAGE_STOPPED, stage, |_| {}),
-            StageOutcome::Failed { reason, message } => {
-                self.log_stage(events::STAGE_FAILED, stage, |e| {
-                    e.reason = Some(reason.clone());
-                    e.message = Some(message.clone());
-                })
-            }
-        }
+        self.log
+            .append(&self.key, Event::stage_finished(&self.key, stage, outcome));
         self.metrics.stage_finished(stage, outcome);
         self.stage(stage, |s, _| {
             s.completed_at = Some(Time(Timestamp::now()));
@@ -842,31 +831,7 @@ fn spawn(
             // Keep it Running: the next controller resumes it from these counts.
             let _ = apply_status(&api, run.as_ref(), &last).await;
         } else {
-            let (phase, reason, message) = match &outcome {
-                RunOutcome::Completed => (
-                    RunPhase::Completed,
-                    "Completed".to_string(),
-                    "every stage succeeded".to_string(),
-                ),
-                RunOutcome::Stopped => (
-                    RunPhase::Stopped,
-                    "Stopped".to_string(),
-                    "stopped on request".to_string(),
-                ),
-                RunOutcome::Failed {
-                    stage,
-                    reason,
-                    message,
-                } => (
-                    RunPhase::Failed,
-                    reason.clone(),
-                    if stage.is_empty() {
-                        message.clone()
-                    } else {
-                        format!("stage {stage:?} failed: {message}")
-                    },
-                ),
-            };
+            let (phase, reason, message) = outcome.end();
             finalize(&mut last, phase, &reason, &message, generation);
             // The log's terminal event is durable before the status says the run is over.
             t.log
@@ -894,7 +859,7 @@ fn spawn(
         }
         runs.active.lock().await.remove(&key(&run));
         let _ = done_tx.send(true);
-        let _ = runs.trigger.unbounded_send(());
+        runs.wake();
     });
     Active {
         stop,
@@ -945,6 +910,13 @@ async fn write_if_changed(
 }
 
 impl Runs {
+    /// Reconciles every run again: a slot is free, so the oldest queued run may start.
+    fn wake(&self) {
+        for t in &self.triggers {
+            let _ = t.unbounded_send(());
+        }
+    }
+
     /// Stops every run in flight for a controller shutdown; their status stays Running so a
     /// new controller resumes them.
     pub async fn shutdown(&self, grace: Duration) {

@@ -1,8 +1,6 @@
 //! Workflow: check what CEL cannot (cycles, templates, params) and report `Ready`.
 
-use super::{
-    Context, Error, Result, apply_status, conditions, drain, metrics::WORKFLOW, watcher_api,
-};
+use super::{Context, Error, Result, apply_status, conditions, metrics::WORKFLOW};
 use crate::{
     api::{Workflow, WorkflowStatus, conditions::READY},
     engine::check::check_workflow,
@@ -10,17 +8,13 @@ use crate::{
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
-    runtime::{Controller, controller::Action, events::EventType, watcher},
+    runtime::{controller::Action, events::EventType},
 };
 use std::{sync::Arc, time::Duration};
 use tracing::instrument;
 
 pub async fn controller(ctx: Arc<Context>) {
-    let api: Api<Workflow> = watcher_api(&ctx.client, &ctx.settings);
-    let stream = Controller::new(api, watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx);
-    drain(WORKFLOW, stream).await;
+    super::reconcile_per_namespace(ctx, WORKFLOW, reconcile, error_policy).await;
 }
 
 fn error_policy(_: Arc<Workflow>, err: &Error, ctx: Arc<Context>) -> Action {

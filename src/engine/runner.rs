@@ -79,6 +79,39 @@ pub enum RunOutcome {
     },
 }
 
+impl RunOutcome {
+    /// The run's final phase, reason and message, as the run's status and its terminal
+    /// `run.phase` event state them.
+    pub fn end(&self) -> (crate::api::RunPhase, String, String) {
+        use crate::api::RunPhase;
+        match self {
+            RunOutcome::Completed => (
+                RunPhase::Completed,
+                "Completed".into(),
+                "every stage succeeded".into(),
+            ),
+            RunOutcome::Stopped => (
+                RunPhase::Stopped,
+                "Stopped".into(),
+                "stopped on request".into(),
+            ),
+            RunOutcome::Failed {
+                stage,
+                reason,
+                message,
+            } => (
+                RunPhase::Failed,
+                reason.clone(),
+                if stage.is_empty() {
+                    message.clone()
+                } else {
+                    format!("stage {stage:?} failed: {message}")
+                },
+            ),
+        }
+    }
+}
+
 /// Receives the engine's progress. Called inline from the engine's tasks: keep it cheap.
 pub trait Observer: Send + Sync + 'static {
     /// A stage attempt starts (`attempt` counts from 1, across restarts).

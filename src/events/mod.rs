@@ -14,7 +14,12 @@ mod writer;
 pub use store::Store;
 pub use writer::{EventLog, LogMetrics};
 
-use crate::{api::RunPhase, message::Target};
+use crate::{
+    api::RunPhase,
+    brokers::Delivery,
+    engine::runner::StageOutcome,
+    message::{Message, Target},
+};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -171,6 +176,62 @@ impl Event {
             reason: Some(reason.to_owned()),
             message: Some(message.to_owned()),
             ..Event::new(run, RUN_PHASE)
+        }
+    }
+
+    /// An event of `stage` (`stage.started`, `stage.retrying`, …).
+    pub fn stage(run: &RunKey, kind: &str, stage: &str) -> Self {
+        Event {
+            stage: Some(stage.to_owned()),
+            ..Event::new(run, kind)
+        }
+    }
+
+    /// The end of a stage: `stage.completed`, `stage.stopped`, or `stage.failed` with its
+    /// reason and message.
+    pub fn stage_finished(run: &RunKey, stage: &str, outcome: &StageOutcome) -> Self {
+        match outcome {
+            StageOutcome::Succeeded => Event::stage(run, STAGE_COMPLETED, stage),
+            StageOutcome::Stopped => Event::stage(run, STAGE_STOPPED, stage),
+            StageOutcome::Failed { reason, message } => Event {
+                reason: Some(reason.clone()),
+                message: Some(message.clone()),
+                ..Event::stage(run, STAGE_FAILED, stage)
+            },
+        }
+    }
+
+    /// `message.published`: a message the broker acknowledged, its payload cut at
+    /// `max_payload` bytes (only that much is copied).
+    pub fn published(
+        run: &RunKey,
+        stage: &str,
+        connector: &str,
+        target: &Target,
+        msg: &Message,
+        delivery: &Delivery,
+        max_payload: usize,
+    ) -> Self {
+        let mut end = max_payload.min(msg.payload.len());
+        while !msg.payload.is_char_boundary(end) {
+            end -= 1;
+        }
+        Event {
+            target: Some(EventTarget::new(
+                connector,
+                target,
+                msg.routing_key.as_deref(),
+            )),
+            sequence: Some(msg.seq),
+            partition: delivery.partition,
+            offset: delivery.offset,
+            delivery_tag: delivery.delivery_tag,
+            key: msg.key.clone(),
+            headers: (!msg.headers.is_empty()).then(|| msg.headers.iter().cloned().collect()),
+            payload: Some(msg.payload[..end].to_owned()),
+            payload_bytes: Some(msg.payload.len() as u64),
+            payload_truncated: end < msg.payload.len(),
+            ..Event::stage(run, MESSAGE_PUBLISHED, stage)
         }
     }
 

@@ -15,7 +15,7 @@ use crate::{api::WorkflowRun, events::StoreArgs};
 use anyhow::Context as _;
 use futures::StreamExt;
 use kube::{
-    Api, Client,
+    Client,
     runtime::{WatchStreamExt, reflector, watcher},
 };
 use std::{net::SocketAddr, sync::Arc};
@@ -37,9 +37,9 @@ pub struct Settings {
         default_value = "kubernetes"
     )]
     pub auth: AuthMode,
-    /// Serve only this namespace's runs (default: all namespaces).
-    #[arg(long, env = "DEVSET_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Serve only these namespaces' runs, comma-separated (default: all namespaces).
+    #[arg(long = "namespace", env = "DEVSET_NAMESPACE", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -47,11 +47,12 @@ pub struct Settings {
 /// What every handler shares.
 pub(crate) struct AppState {
     pub hub: Arc<hub::Hub>,
-    pub runs: reflector::Store<WorkflowRun>,
+    pub runs: crate::watch::Stores<WorkflowRun>,
     pub auth: auth::Auth,
     pub client: Client,
     pub metrics: metrics::ApiMetrics,
-    pub namespace: Option<String>,
+    /// The namespaces served; empty for all.
+    pub namespaces: Vec<String>,
     pub shutdown: CancellationToken,
 }
 
@@ -73,30 +74,31 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
              for local development only, never expose this port"
         );
     }
-    let api: Api<WorkflowRun> = match &settings.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let (reader, writer) = reflector::store();
     let shutdown = CancellationToken::new();
-    let watch = tokio::spawn(
-        watcher(api, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .reflect(writer)
-            .applied_objects()
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    warn!(error = %e, "watching WorkflowRuns failed; retrying");
-                }
-            }),
-    );
+    let mut stores = Vec::new();
+    let mut watches = Vec::new();
+    for api in crate::watch::apis::<WorkflowRun>(&client, &settings.namespaces) {
+        let (reader, writer) = reflector::store();
+        stores.push(reader);
+        watches.push(tokio::spawn(
+            watcher(api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .reflect(writer)
+                .applied_objects()
+                .for_each(|r| async move {
+                    if let Err(e) = r {
+                        warn!(error = %e, "watching WorkflowRuns failed; retrying");
+                    }
+                }),
+        ));
+    }
     let state = Arc::new(AppState {
         hub: hub::Hub::new(store.clone()),
-        runs: reader,
+        runs: crate::watch::Stores(stores),
         auth: auth::Auth::new(settings.auth, client.clone()),
         client,
         metrics: metrics::ApiMetrics::new(),
-        namespace: settings.namespace.clone(),
+        namespaces: settings.namespaces.clone(),
         shutdown: shutdown.clone(),
     });
     let app = routes::router(state.clone());
@@ -115,7 +117,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
-    watch.abort();
+    for w in watches {
+        w.abort();
+    }
     info!("devset api stopped");
     Ok(())
 }

@@ -90,21 +90,10 @@ async fn metrics(State(state): S) -> impl IntoResponse {
 
 async fn readyz(State(state): S) -> impl IntoResponse {
     // Ready once the run cache has listed (an empty cluster answers too).
-    if state.runs.wait_until_ready().now_or_never_ready() {
+    if state.runs.is_ready() {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
-    }
-}
-
-/// `wait_until_ready` without waiting.
-trait NowOrNever {
-    fn now_or_never_ready(self) -> bool;
-}
-
-impl<F: std::future::Future<Output = Result<(), E>>, E> NowOrNever for F {
-    fn now_or_never_ready(self) -> bool {
-        futures::FutureExt::now_or_never(self).is_some_and(|r| r.is_ok())
     }
 }
 
@@ -248,11 +237,13 @@ fn list_key(run: &WorkflowRun) -> (i64, String) {
 }
 
 fn check_namespace(state: &AppState, ns: &str) -> Result<(), ApiError> {
-    match &state.namespace {
-        Some(mine) if mine != ns => Err(ApiError::not_found(format!(
-            "this API serves the namespace {mine:?} only"
-        ))),
-        _ => Ok(()),
+    if crate::watch::serves(&state.namespaces, ns) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "this API serves the namespaces {:?} only",
+            state.namespaces
+        )))
     }
 }
 

@@ -292,6 +292,18 @@ impl ControllerProcess {
         metrics_port: u16,
         store: &str,
     ) -> Self {
+        Self::start_with_env(ns, max_active_runs, metrics_port, store, &[])
+    }
+
+    /// With more environment variables (they override the defaults: `KUBECONFIG`,
+    /// `DEVSET_LEADER_ELECT`, …).
+    pub fn start_with_env(
+        ns: &str,
+        max_active_runs: usize,
+        metrics_port: u16,
+        store: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let dir = repo().join("target/it-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("controller-{ns}-{}.log", unique("c")));
@@ -305,6 +317,7 @@ impl ControllerProcess {
             .env("DEVSET_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("DEVSET_EVENT_STORE", store)
             .env("RUST_LOG", "info,devset=debug,kube=warn")
+            .envs(extra.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
@@ -316,6 +329,11 @@ impl ControllerProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; waits for the exit and returns its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        terminate(&mut self.child)
     }
 
     pub fn log_text(&self) -> String {
@@ -354,11 +372,20 @@ pub struct ApiProcess {
 impl ApiProcess {
     /// Starts it with `--auth=auth` on a free port and waits until `/readyz` answers 200.
     pub fn start(ns: &str, store: &str, auth: &str) -> Self {
+        Self::start_with_env(ns, store, auth, &[])
+    }
+
+    /// With more environment variables (e.g. `KUBECONFIG`).
+    pub fn start_with_env(ns: &str, store: &str, auth: &str, extra: &[(&str, &str)]) -> Self {
+        Self::start_on(ns, store, auth, free_port(), extra)
+    }
+
+    /// On a given port (to restart one where its clients expect it).
+    pub fn start_on(ns: &str, store: &str, auth: &str, port: u16, extra: &[(&str, &str)]) -> Self {
         let dir = repo().join("target/it-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("api-{ns}-{}.log", unique("a")));
         let file = std::fs::File::create(&log).unwrap();
-        let port = free_port();
         let child = env()
             .command(env!("CARGO_BIN_EXE_devset"))
             .arg("api")
@@ -366,6 +393,7 @@ impl ApiProcess {
             .env("DEVSET_NAMESPACE", ns)
             .env("DEVSET_EVENT_STORE", store)
             .env("RUST_LOG", "info,devset=debug,kube=warn")
+            .envs(extra.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
@@ -423,4 +451,72 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head}")))?;
     Ok((code, body.to_string()))
+}
+
+/// Declares a durable queue on the test environment's RabbitMQ (publishes to a queue that does
+/// not exist are returned as unroutable).
+pub async fn declare_queue(queue: &str) {
+    use lapin::{
+        Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable,
+    };
+    let conn = Connection::connect(env().var("AMQP_URL"), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    conn.close(200, "ok".into()).await.ok();
+}
+
+/// Sends SIGTERM to `child` and waits (up to a minute) for it to exit.
+pub fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "no exit within 60 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A kubeconfig for the test API server that authenticates with `token` (e.g. from
+/// `kubectl create token`), written under `target/it-logs/`; returns its path.
+pub fn token_kubeconfig(name: &str, token: &str) -> PathBuf {
+    let get = |path: &str| {
+        env().kubectl_ok(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+    };
+    let server = get(".clusters[0].cluster.server");
+    let ca = get(".clusters[0].cluster.certificate-authority-data");
+    let dir = repo().join("target/it-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    \
+             certificate-authority-data: {ca}\nusers:\n- name: {name}\n  user:\n    token: {token}\n\
+             contexts:\n- name: {name}\n  context: {{cluster: test, user: {name}}}\ncurrent-context: {name}\n"
+        ),
+    )
+    .unwrap();
+    path
 }
