@@ -184,9 +184,7 @@ impl Store {
                 .filter_map(|e| st.admit(e, &self.limits))
                 .collect();
             for chunk in rows.chunks(ROWS_PER_INSERT) {
-                // `$n` placeholders, which both databases read (QueryBuilder on `Any` writes `?`,
-                // which PostgreSQL does not).
-                let sql = insert_sql(chunk.len());
+                let sql = insert_sql(chunk.len(), self.dialect);
                 let mut q = sqlx::query(AssertSqlSafe(sql));
                 for r in chunk {
                     q = q
@@ -385,8 +383,12 @@ fn log_info(r: &sqlx::any::AnyRow) -> Result<LogInfo, sqlx::Error> {
     })
 }
 
-/// `INSERT INTO devset_events … VALUES ($1, …, $6), ($7, …)` for `rows` rows.
-fn insert_sql(rows: usize) -> String {
+/// `INSERT INTO devset_events … VALUES ($1, …, $6), ($7, …)` for `rows` rows on PostgreSQL
+/// (QueryBuilder on `Any` writes `?`, which PostgreSQL does not read), and with `?` on SQLite:
+/// binding numbered parameters looks each one's name up in a list (sqlite3_bind_parameter_name),
+/// which made binding a 3,000-parameter insert quadratic and most of the controller's CPU while
+/// it logged a fast publish stage (tests/bench).
+fn insert_sql(rows: usize, dialect: Dialect) -> String {
     use std::fmt::Write;
     let mut sql = String::from(
         "INSERT INTO devset_events (namespace, run, seq, type, time_us, data) VALUES ",
@@ -395,6 +397,10 @@ fn insert_sql(rows: usize) -> String {
         let b = r * 6;
         if r > 0 {
             sql.push_str(", ");
+        }
+        if dialect == Dialect::Sqlite {
+            sql.push_str("(?, ?, ?, ?, ?, ?)");
+            continue;
         }
         let _ = write!(
             sql,
