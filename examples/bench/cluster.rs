@@ -46,9 +46,17 @@ impl Part {
         })
     }
 
-    /// Removes the runs (and the namespace), then stops the controller.
+    /// Removes the runs (and the namespace), stops the controller and removes its event log
+    /// (a publish stage's log holds 100,000 message events).
     pub async fn finish(self) -> anyhow::Result<()> {
-        cleanup(&self.client, &self.ns).await
+        let res = cleanup(&self.client, &self.ns).await;
+        drop(self.controller);
+        if let Some(path) = self.store.strip_prefix("sqlite://") {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+        }
+        res
     }
 }
 
