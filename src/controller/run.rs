@@ -301,12 +301,17 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
     let ahead = queued_ahead(&ctx.runs.store, &run, &active);
     if active.len() + ahead >= ctx.runs.max {
         drop(active);
-        // No counts in the message: they change whenever the queue moves, and rewriting every
-        // queued run's status each time made the writes grow with the square of the queue.
-        let msg = format!(
-            "waiting for a slot: at most {} runs are active at once; queued runs start oldest first",
-            ctx.runs.max
-        );
+        // The counts as the run was queued; not rewritten as the queue moves (rewriting every
+        // queued run's status each time made the writes grow with the square of the queue).
+        let msg = match (&status.reason, &status.message) {
+            (Some(r), Some(m)) if r == "Queued" => m.clone(),
+            _ => format!(
+                "waiting for a slot: {} of {} runs active, {ahead} queued ahead when it was \
+                 queued; queued runs start oldest first",
+                ctx.runs.active.lock().await.len(),
+                ctx.runs.max
+            ),
+        };
         return pending(&run, status, ctx, "Queued", msg).await;
     }
     let now = Timestamp::now();
