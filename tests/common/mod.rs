@@ -304,19 +304,11 @@ impl ControllerProcess {
         store: &str,
         extra: &[(&str, &str)],
     ) -> Self {
-        let dir = repo().join("target/it-logs");
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join(format!("controller-{ns}-{}.log", unique("c")));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = env()
-            .command(env!("CARGO_BIN_EXE_devset"))
-            .arg("controller")
-            .env("DEVSET_NAMESPACE", ns)
+        let (mut cmd, log, file) = devset_command("controller", ns, store);
+        let child = cmd
             .env("DEVSET_ENGINE_MAX_ACTIVE_RUNS", max_active_runs.to_string())
             .env("DEVSET_PROBE_INTERVAL_SECONDS", "5")
             .env("DEVSET_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
-            .env("DEVSET_EVENT_STORE", store)
-            .env("RUST_LOG", "info,devset=debug,kube=warn")
             .envs(extra.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -382,17 +374,9 @@ impl ApiProcess {
 
     /// On a given port (to restart one where its clients expect it).
     pub fn start_on(ns: &str, store: &str, auth: &str, port: u16, extra: &[(&str, &str)]) -> Self {
-        let dir = repo().join("target/it-logs");
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join(format!("api-{ns}-{}.log", unique("a")));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = env()
-            .command(env!("CARGO_BIN_EXE_devset"))
-            .arg("api")
+        let (mut cmd, log, file) = devset_command("api", ns, store);
+        let child = cmd
             .args(["--addr", &format!("127.0.0.1:{port}"), "--auth", auth])
-            .env("DEVSET_NAMESPACE", ns)
-            .env("DEVSET_EVENT_STORE", store)
-            .env("RUST_LOG", "info,devset=debug,kube=warn")
             .envs(extra.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -519,4 +503,19 @@ pub fn token_kubeconfig(name: &str, token: &str) -> PathBuf {
     )
     .unwrap();
     path
+}
+
+/// `devset SUBCOMMAND` for namespace `ns` and event store `store`, with the environment's
+/// settings, logging to a new file under `target/it-logs/` (returned with its path).
+fn devset_command(sub: &str, ns: &str, store: &str) -> (Command, PathBuf, std::fs::File) {
+    let dir = repo().join("target/it-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join(format!("{sub}-{ns}-{}.log", unique(&sub[..1])));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = env().command(env!("CARGO_BIN_EXE_devset"));
+    cmd.arg(sub)
+        .env("DEVSET_NAMESPACE", ns)
+        .env("DEVSET_EVENT_STORE", store)
+        .env("RUST_LOG", "info,devset=debug,kube=warn");
+    (cmd, log, file)
 }
