@@ -31,6 +31,11 @@ struct Setup {
 
 impl Setup {
     fn new(prefix: &str, store: Option<&str>) -> Setup {
+        Setup::with_env(prefix, store, &[])
+    }
+
+    /// With more environment variables for the controller.
+    fn with_env(prefix: &str, store: Option<&str>, controller_env: &[(&str, &str)]) -> Setup {
         install_crds();
         let ns = TestNamespace::new(prefix);
         let store = store.map_or_else(|| sqlite_store(&ns.name), str::to_owned);
@@ -42,7 +47,7 @@ impl Setup {
                  spec: {{kafka: {{bootstrapServers: \"{kafka}\"}}}}\n"
             ),
         );
-        let controller = ControllerProcess::start_with_store(&ns.name, 10, 0, &store);
+        let controller = ControllerProcess::start_with_env(&ns.name, 10, 0, &store, controller_env);
         let api = ApiProcess::start(&ns.name, &store, "kubernetes");
         let token = service_account(&ns.name, "operator", Some("get,list,patch"));
         Setup {
@@ -698,6 +703,44 @@ async fn tokens_and_rbac_decide_401_403_and_stop_works_only_with_patch() {
         .await
         .unwrap();
     assert!(doc["paths"]["/api/v1/namespaces/{namespace}/workflowruns/{name}/events"].is_object());
+}
+
+/// Beyond the per-run cap the controller counts message events instead of storing them; the
+/// lifecycle events are all kept, and the count adds up to what the broker received.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn beyond_the_per_run_cap_message_events_are_counted_not_kept() {
+    let s = Setup::with_env(
+        "cap",
+        None,
+        &[("DEVSET_EVENTS_MAX_MESSAGES_PER_RUN", "150")],
+    );
+    let topic = unique("cap");
+    s.start_run("capped", &topic, 3_000, 1_000_000);
+    wait_until(2 * MINUTE, "the run to be Completed", || {
+        (s.phase("capped") == "Completed").then_some(())
+    });
+    let client = http();
+    let run: Value = get_json(&client, s.run_url("capped"), &s.token).await;
+    assert_eq!(run["events"]["storedMessageEvents"], 150, "{run}");
+    assert_eq!(run["events"]["droppedMessageEvents"], 2_850, "{run}");
+    let page: Value = get_json(
+        &client,
+        format!("{}?limit=1000", s.events_url("capped")),
+        &s.token,
+    )
+    .await;
+    let items = page["items"].as_array().unwrap();
+    let count = |kind: &str| items.iter().filter(|e| e["type"] == kind).count();
+    assert_eq!(count("message.published"), 150);
+    assert_eq!((count("stage.started"), count("stage.completed")), (1, 1));
+    let last = items.last().unwrap();
+    assert_eq!(
+        (last["type"].as_str(), last["phase"].as_str()),
+        (Some("run.phase"), Some("Completed"))
+    );
+    assert_eq!(run["events"]["lastSeq"], items.len());
+    assert_eq!(kafka_count(&topic), 3_000);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -57,13 +57,13 @@ async fn numbering_order_and_reopen(url: &str) {
     );
     batch.extend(appends(&b, vec![Event::new(&b, STAGE_STARTED)]));
     batch.extend(appends(&a, (1..=3).map(|n| message(&a, n, "p")).collect()));
-    store.append(&batch, &BTreeMap::new()).await.unwrap();
+    store.append(&mut batch, &BTreeMap::new()).await.unwrap();
     // A second batch goes on from the last number, in a new store handle (a restart).
     drop(store);
     let store = Store::open(url, LIMITS).await.unwrap();
     store
         .append(
-            &appends(&a, vec![Event::new(&a, STAGE_STARTED)]),
+            &mut appends(&a, vec![Event::new(&a, STAGE_STARTED)]),
             &BTreeMap::new(),
         )
         .await
@@ -116,7 +116,7 @@ async fn caps_keep_lifecycle_events(url: &str) {
     ));
     store
         .append(
-            &appends(&run, events),
+            &mut appends(&run, events),
             &BTreeMap::from([(run.clone(), 10u64)]),
         )
         .await
@@ -142,7 +142,7 @@ async fn delete_and_expire(url: &str) {
     let gone = RunKey::new(ns.clone(), "gone");
     store
         .append(
-            &appends(&gone, vec![Event::new(&gone, STAGE_STARTED)]),
+            &mut appends(&gone, vec![Event::new(&gone, STAGE_STARTED)]),
             &BTreeMap::new(),
         )
         .await
@@ -161,7 +161,7 @@ async fn delete_and_expire(url: &str) {
         end.time = ago;
         store
             .append(
-                &appends(&run, vec![Event::new(&run, STAGE_STARTED), end]),
+                &mut appends(&run, vec![Event::new(&run, STAGE_STARTED), end]),
                 &BTreeMap::new(),
             )
             .await
@@ -257,6 +257,38 @@ async fn sqlite_delete_and_expire() {
 async fn sqlite_writer_and_changes() {
     let (_d, url) = sqlite_url();
     writer_and_changes(&url).await;
+}
+
+/// Events with kilobyte payloads take about their own size on disk, not a page each: 2,000
+/// events of 1,200 payload bytes (~1.4 kB rows, 2.8 MB) fit in under 4.5 MB of pages. (In a
+/// WITHOUT ROWID table each such row took an overflow page of 4 KiB: 8 MB and more.)
+#[tokio::test]
+async fn sqlite_stores_kilobyte_events_in_about_their_size() {
+    use sqlx::Connection;
+    let (_d, url) = sqlite_url();
+    let store = Store::open(&url, Limits::default()).await.unwrap();
+    let run = RunKey::new("ns", "big");
+    let payload = "x".repeat(1_200);
+    let mut batch = appends(
+        &run,
+        (1..=2_000).map(|n| message(&run, n, &payload)).collect(),
+    );
+    store.append(&mut batch, &BTreeMap::new()).await.unwrap();
+    assert_eq!(store.log(&run).await.unwrap().unwrap().last_seq, 2_000);
+    let mut c = sqlx::sqlite::SqliteConnection::connect(&url).await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    let bytes = pages * page_size;
+    assert!(
+        bytes < 4_500_000,
+        "2,000 events of 1.2 kB take {bytes} bytes ({pages} pages of {page_size})"
+    );
 }
 
 #[tokio::test]

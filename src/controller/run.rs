@@ -652,9 +652,20 @@ struct Tracker {
     key: RunKey,
     /// Message events handed to the log by this execution, against the store's cap.
     logged: AtomicU64,
+    /// Message events beyond the cap not yet counted in the log: they go to it in one number
+    /// with each status pass, not one command per message.
+    unlogged: AtomicU64,
 }
 
 impl Tracker {
+    /// Hands the count of message events left out since the last call to the log.
+    fn count_unlogged(&self) {
+        let n = self.unlogged.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            self.log.dropped(&self.key, n);
+        }
+    }
+
     fn stage<R>(
         &self,
         name: &str,
@@ -730,7 +741,7 @@ impl Observer for Tracker {
             );
             self.log.append(&self.key, e);
         } else {
-            self.log.dropped(&self.key, 1);
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
         }
         self.metrics.published(stage);
         self.stage(stage, |s, st| {
@@ -796,6 +807,7 @@ fn spawn(
         log: ctx.events.clone(),
         key: log_key(&run),
         logged: AtomicU64::new(0),
+        unlogged: AtomicU64::new(0),
     });
     let stop = CancellationToken::new();
     let (done_tx, done_rx) = watch::channel(false);
@@ -826,11 +838,13 @@ fn spawn(
                 _ = t.changed.notified() => {}
                 _ = tokio::time::sleep(WRITE_INTERVAL) => {}
             }
+            t.count_unlogged();
             written = write_if_changed(&api, &run, &t, written).await;
             // Coalesce: at most one periodic write per interval.
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         relay.abort();
+        t.count_unlogged();
         let mut last = t.status.lock().unwrap().clone();
         if shutdown.is_cancelled() && outcome == RunOutcome::Stopped {
             // Keep it Running: the next controller resumes it from these counts.

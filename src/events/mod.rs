@@ -574,16 +574,15 @@ impl From<LogInfo> for RunState {
 
 impl RunState {
     /// Numbers `event` and returns its row, or `None` when it is a message beyond the cap.
-    pub fn admit(&mut self, event: &Event, limits: &Limits) -> Option<Row> {
+    /// The event is numbered and its payload cut in place (no copy of the payload); doing
+    /// it again, as a retried batch does, gives the same row.
+    pub fn admit(&mut self, event: &mut Event, limits: &Limits) -> Option<Row> {
         if event.kind == MESSAGE_PUBLISHED {
             if self.message_events >= limits.max_message_events {
                 self.dropped += 1;
                 return None;
             }
             self.message_events += 1;
-        }
-        let mut event = event.clone();
-        if event.kind == MESSAGE_PUBLISHED {
             event.cap_payload(limits.max_payload_bytes);
         }
         if event.is_terminal() {
@@ -592,10 +591,10 @@ impl RunState {
         }
         self.last_seq += 1;
         event.seq = self.last_seq;
-        let data = serde_json::to_string(&event).expect("an event serializes");
+        let data = serde_json::to_string(&*event).expect("an event serializes");
         Some(Row {
             seq: self.last_seq as i64,
-            kind: event.kind,
+            kind: event.kind.clone(),
             time_us: event.time.as_microsecond(),
             data,
         })
@@ -611,10 +610,10 @@ pub(crate) struct Row {
 }
 
 /// Groups appends by run, keeping each run's order.
-pub(crate) fn by_run(events: &[Append]) -> BTreeMap<&RunKey, Vec<&Event>> {
-    let mut m: BTreeMap<&RunKey, Vec<&Event>> = BTreeMap::new();
-    for a in events {
-        m.entry(&a.run).or_default().push(&a.event);
+pub(crate) fn by_run(events: &mut [Append]) -> BTreeMap<&RunKey, Vec<&mut Event>> {
+    let mut m: BTreeMap<&RunKey, Vec<&mut Event>> = BTreeMap::new();
+    for Append { run, event } in events {
+        m.entry(&*run).or_default().push(event);
     }
     m
 }
@@ -696,7 +695,7 @@ mod tests {
             Event::phase(&run, RunPhase::Completed, "Completed", "done"),
         ]
         .into_iter()
-        .map(|e| st.admit(&e, &limits).map(|r| r.seq))
+        .map(|mut e| st.admit(&mut e, &limits).map(|r| r.seq))
         .collect();
         assert_eq!(seqs, vec![Some(1), Some(2), None, Some(3)]);
         assert_eq!(st.dropped, 1);

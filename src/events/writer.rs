@@ -121,7 +121,7 @@ async fn write(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>, metrics: LogM
             }
         }
         if !batch.is_empty() || !dropped.is_empty() {
-            commit(&store, &batch, &dropped, &metrics).await;
+            commit(&store, &mut batch, &dropped, &metrics).await;
             metrics.queued.dec_by(batch.len() as i64);
             batch.clear();
             dropped.clear();
@@ -138,7 +138,7 @@ async fn write(store: Store, mut rx: mpsc::UnboundedReceiver<Cmd>, metrics: LogM
 /// Writes one batch; on an error it waits and tries again, so that nothing is lost.
 async fn commit(
     store: &Store,
-    batch: &[Append],
+    batch: &mut [Append],
     dropped: &BTreeMap<RunKey, u64>,
     metrics: &LogMetrics,
 ) {
