@@ -17,6 +17,6 @@ pub mod watch;
 // link this crate): a publish stage allocates per message on a tokio worker while librdkafka's
 // and tokio's threads free, and glibc's arenas made that about half the engine's CPU, up to
 // twice the raw client's cost per message; with mimalloc the engine matches the raw rdkafka
-// loop (README, Benchmarks). Declaring it takes no unsafe code.
+// loop (docs/benchmarks.md). Declaring it takes no unsafe code.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

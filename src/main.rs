@@ -15,7 +15,7 @@ enum Command {
     /// Run the controller that reconciles BrokerConnectors, Workflows and WorkflowRuns.
     Controller(devset::controller::Settings),
     /// Serve the HTTP API on port 8082: run event logs over SSE, pages and CSV export, the
-    /// run list, and stop.
+    /// run list, stop, and approval decisions.
     Api(devset::server::Settings),
     /// Print the CustomResourceDefinitions of the devset.io API as YAML.
     ///
@@ -30,6 +30,10 @@ enum Command {
     Run(devset::cli::run::RunArgs),
     /// Print a run's event log from devset api (-f: follow it live until the run ends).
     Logs(devset::cli::logs::LogsArgs),
+    /// Approve an approval stage of a run that waits for a decision, through devset api.
+    Approve(devset::cli::approve::ApproveArgs),
+    /// Reject an approval stage of a run that waits for a decision, through devset api.
+    Reject(devset::cli::approve::ApproveArgs),
     /// Check manifests offline: the CRDs' schema and CEL rules, and the workflow checks.
     Lint(devset::cli::lint::LintArgs),
 }
@@ -81,6 +85,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_cli_tracing();
             return Ok(devset::cli::logs::logs(&args));
         }
+        Command::Approve(args) => {
+            init_cli_tracing();
+            return Ok(devset::cli::approve::decide(
+                &args,
+                devset::api::Decision::Approved,
+            ));
+        }
+        Command::Reject(args) => {
+            init_cli_tracing();
+            return Ok(devset::cli::approve::decide(
+                &args,
+                devset::api::Decision::Rejected,
+            ));
+        }
         Command::Lint(args) => return Ok(devset::cli::lint::lint(&args)),
         Command::Api(settings) => {
             init_tracing();
@@ -122,7 +140,16 @@ mod tests {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
         // Subcommands are built lazily: parse each one's --help to check its flags too.
-        for sub in ["controller", "api", "crds", "run", "logs", "lint"] {
+        for sub in [
+            "controller",
+            "api",
+            "crds",
+            "run",
+            "logs",
+            "approve",
+            "reject",
+            "lint",
+        ] {
             let err = super::Cli::command()
                 .try_get_matches_from(["devset", sub, "--help"])
                 .unwrap_err();

@@ -47,6 +47,9 @@ fn input(broker: BrokerConfig, publish: PublishAction) -> RunInput {
         resume: BTreeMap::new(),
         brokers: BTreeMap::from([("b".to_string(), broker)]),
         default_connector: "b".into(),
+        started_at: jiff::Timestamp::now(),
+        approvals: std::sync::Arc::new(devset::engine::approval::NoApprovals),
+        pause: tokio_util::sync::CancellationToken::new(),
     }
 }
 
@@ -70,7 +73,7 @@ async fn rabbitmq_stage_larger_than_the_confirm_window_completes() {
     .unwrap();
     let publish = PublishAction {
         queue: Some(queue.clone()),
-        count: 5_000,
+        count: 5_000.into(),
         payload: Some("m {{ seq }}".into()),
         ..Default::default()
     };
@@ -97,8 +100,8 @@ async fn kafka_stage_paced_by_rate_and_stopped_halts_at_a_message_boundary() {
     let topic = unique("engine");
     let publish = PublishAction {
         topic: Some(topic.clone()),
-        count: 100_000,
-        rate_per_second: Some(500.0),
+        count: 100_000.into(),
+        rate_per_second: Some(500.0.into()),
         ..Default::default()
     };
     let count = Arc::new(Count::default());

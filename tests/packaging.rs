@@ -65,6 +65,13 @@ fn find<'a>(docs: &'a [Value], k: &str) -> Vec<&'a Value> {
     docs.iter().filter(|d| kind(d) == k).collect()
 }
 
+/// The one object of kind `k` named `n`.
+fn named<'a>(docs: &'a [Value], k: &str, n: &str) -> &'a Value {
+    let found: Vec<&Value> = find(docs, k).into_iter().filter(|d| name(d) == n).collect();
+    assert_eq!(found.len(), 1, "one {k} {n}");
+    found[0]
+}
+
 fn container<'a>(deploy: &'a Value, name: &str) -> &'a Value {
     deploy["spec"]["template"]["spec"]["containers"]
         .as_sequence()
@@ -158,10 +165,33 @@ fn helm_lint_passes_and_the_chart_renders_with_defaults_and_every_option() {
     assert_eq!(env_var(ctl, "DEVSET_LEADER_ELECT")["value"], "true");
     assert_eq!(container(deploy, "api")["args"][0], "api");
     assert_eq!(find(&d, "Service")[0]["spec"]["ports"][0]["port"], 8082);
-    let cluster = rules(find(&d, "ClusterRole")[0]);
+    let cluster = rules(named(&d, "ClusterRole", "devset-operator"));
+    // patch: the controller's finalizer, and the API's spec.stop and approval annotations.
     assert_eq!(
         cluster["devset.io/workflowruns"],
         BTreeSet::from(["get", "list", "watch", "patch"].map(String::from))
+    );
+    assert!(
+        !cluster.values().any(|v| v.contains("approve")),
+        "the API checks the caller's approve verb; it needs none itself: {cluster:?}"
+    );
+    // The approvers' ClusterRole: the verb approve and reading runs, nothing else.
+    let approver = named(&d, "ClusterRole", "devset-operator-approver");
+    assert_eq!(
+        rules(approver),
+        BTreeMap::from([(
+            "devset.io/workflowruns".to_string(),
+            BTreeSet::from(["approve", "get", "list", "watch"].map(String::from))
+        )])
+    );
+    assert_eq!(approver["metadata"]["labels"]["devset.io/role"], "approver");
+    assert!(
+        !approver["metadata"]["labels"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .any(|k| k.as_str().unwrap().contains("aggregate-to")),
+        "aggregates into no built-in role by default: {approver:?}"
     );
     assert_eq!(
         cluster["/secrets"],
@@ -176,7 +206,7 @@ fn helm_lint_passes_and_the_chart_renders_with_defaults_and_every_option() {
         "{cluster:?}"
     );
     assert_eq!(
-        rules(find(&d, "Role")[0])["coordination.k8s.io/leases"],
+        rules(named(&d, "Role", "devset-operator-leader-election"))["coordination.k8s.io/leases"],
         BTreeSet::from(["get", "create", "update"].map(String::from))
     );
 
@@ -221,12 +251,31 @@ fn helm_lint_passes_and_the_chart_renders_with_defaults_and_every_option() {
         .map(|r| r["metadata"]["namespace"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(roles, BTreeSet::from(["team-a".into(), "team-b".into()]));
-    let cluster = rules(find(&d, "ClusterRole")[0]);
+    let cluster = rules(named(&d, "ClusterRole", "devset-operator"));
     assert!(
         !cluster.contains_key("/secrets") && !cluster.contains_key("devset.io/workflowruns"),
         "nothing namespaced stays cluster-wide: {cluster:?}"
     );
     assert!(cluster.contains_key("authentication.k8s.io/tokenreviews"));
+
+    // The approvers' ClusterRole: named, aggregated into built-in roles, or not created.
+    let d = render(&[
+        "--set",
+        "approverRole.name=devset-approver",
+        "--set",
+        "approverRole.aggregateTo={admin,edit}",
+    ]);
+    let labels = &named(&d, "ClusterRole", "devset-approver")["metadata"]["labels"];
+    assert_eq!(
+        labels["rbac.authorization.k8s.io/aggregate-to-admin"],
+        "true"
+    );
+    assert_eq!(
+        labels["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    let d = render(&["--set", "approverRole.create=false"]);
+    assert_eq!(find(&d, "ClusterRole").len(), 1, "only the operator's");
 
     // A PVC for SQLite.
     let d = render(&["--set", "store.sqlite.persistence.enabled=true"]);
@@ -246,6 +295,10 @@ fn helm_lint_passes_and_the_chart_renders_with_defaults_and_every_option() {
             "requires store.postgres.secretRef.name",
         ),
         ("api.auth=basic", "api.auth must be kubernetes or none"),
+        (
+            "approverRole.aggregateTo={cluster-admin}",
+            "approverRole.aggregateTo takes admin, edit or view",
+        ),
     ] {
         let out = helm(&["template", "x", CHART, "--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -313,9 +366,10 @@ fn by_key(docs: Vec<Value>) -> BTreeMap<String, Value> {
 /// `DEVSET_UPDATE_CONFIG=1` writes.
 fn chart_as_config() -> Vec<(&'static str, Vec<Value>)> {
     let d = render(&[]);
-    let pick = |k: &str, leader: bool| -> Vec<Value> {
+    // `suffix`: the part of the name after the release's (`-leader-election`, `-approver`).
+    let pick = |k: &str, suffix: &str| -> Vec<Value> {
         d.iter()
-            .filter(|x| kind(x) == k && name(x).ends_with("leader-election") == leader)
+            .filter(|x| kind(x) == k && name(x) == format!("devset-operator{suffix}"))
             .map(|x| {
                 let mut x = x.clone();
                 if let Some(labels) = x["metadata"]["labels"].as_mapping_mut() {
@@ -327,16 +381,20 @@ fn chart_as_config() -> Vec<(&'static str, Vec<Value>)> {
             .collect()
     };
     vec![
-        ("rbac/service_account.yaml", pick("ServiceAccount", false)),
-        ("rbac/role.yaml", pick("ClusterRole", false)),
-        ("rbac/role_binding.yaml", pick("ClusterRoleBinding", false)),
-        ("rbac/leader_election_role.yaml", pick("Role", true)),
+        ("rbac/service_account.yaml", pick("ServiceAccount", "")),
+        ("rbac/role.yaml", pick("ClusterRole", "")),
+        ("rbac/role_binding.yaml", pick("ClusterRoleBinding", "")),
+        ("rbac/approver_role.yaml", pick("ClusterRole", "-approver")),
+        (
+            "rbac/leader_election_role.yaml",
+            pick("Role", "-leader-election"),
+        ),
         (
             "rbac/leader_election_role_binding.yaml",
-            pick("RoleBinding", true),
+            pick("RoleBinding", "-leader-election"),
         ),
-        ("manager/manager.yaml", pick("Deployment", false)),
-        ("manager/service.yaml", pick("Service", false)),
+        ("manager/manager.yaml", pick("Deployment", "")),
+        ("manager/service.yaml", pick("Service", "")),
     ]
 }
 
@@ -386,10 +444,45 @@ fn kustomize_config_default_is_the_chart_and_applies() {
         base.to_str().unwrap(),
     ]);
     assert_installed("devset-system", "devset-operator");
+    // The approvers' ClusterRole, bound to a group, grants the verb approve and nothing more
+    // (in a namespace of its own: devset-system may still be terminating from an earlier run).
+    let team = TestNamespace::new("approvers");
+    env().kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "release-managers-approve",
+        "--clusterrole=devset-operator-approver",
+        "--group=release-managers",
+        "-n",
+        &team.name,
+    ]);
+    let can = |verb: &str| {
+        let out = env().kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            "workflowruns.devset.io",
+            "-n",
+            &team.name,
+            "--as=carol",
+            "--as-group=release-managers",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for (verb, want) in [
+        ("approve", "yes"),
+        ("get", "yes"),
+        ("list", "yes"),
+        ("patch", "no"),
+        ("delete", "no"),
+    ] {
+        assert_eq!(can(verb), want, "a release manager may {verb}: {want}");
+    }
     // Clean up everything but the CRDs (other tests use them).
     env().kubectl_ok(&[
         "delete",
         "clusterrole/devset-operator",
+        "clusterrole/devset-operator-approver",
         "clusterrolebinding/devset-operator",
     ]);
     let _ = env().kubectl(&["delete", "namespace", "devset-system", "--wait=false"]);
@@ -411,6 +504,7 @@ fn assert_installed(ns: &str, fullname: &str) {
     env().kubectl_ok(&[
         "get",
         &format!("clusterrole/{fullname}"),
+        &format!("clusterrole/{fullname}-approver"),
         &format!("clusterrolebinding/{fullname}"),
     ]);
 }

@@ -55,7 +55,7 @@ pub fn payload_bytes(n: u64, pad: &str) -> u64 {
 
 pub fn action(target: PublishAction, n: u64, size: usize) -> PublishAction {
     PublishAction {
-        count: n as i64,
+        count: (n as i64).into(),
         key: Some("order-{{ seq }}".into()),
         headers: [("source".to_string(), "devset".to_string())].into(),
         payload: Some(payload_template(size).0),

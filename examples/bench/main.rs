@@ -5,6 +5,7 @@
 //!   tests/bench                     everything, at the sizes of the issue
 //!   tests/bench --quick             small sizes, for development
 //!   tests/bench --only kafka,sse    some parts
+//!   tests/bench --only expect       one part
 //!
 //! Run it through `tests/bench`, which brings the environment up, builds the release binaries,
 //! raises the open-files limit and tears down what it started. By hand:
@@ -14,6 +15,7 @@
 
 mod cluster;
 mod control;
+mod expect;
 mod kafka;
 mod procs;
 mod rabbitmq;
@@ -30,11 +32,11 @@ use std::{path::PathBuf, time::Instant};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "bench")]
 pub struct Args {
-    /// The parts to run, comma-separated: kafka, rabbitmq, templates, sse, control.
+    /// The parts to run, comma-separated: kafka, expect, rabbitmq, templates, sse, control.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kafka,rabbitmq,templates,sse,control"
+        default_value = "kafka,expect,rabbitmq,templates,sse,control"
     )]
     pub only: Vec<Part>,
     /// Small sizes for development (each size flag still overrides).
@@ -49,6 +51,25 @@ pub struct Args {
     /// Kafka payload sizes in bytes.
     #[arg(long, value_delimiter = ',', default_value = "100,1024")]
     pub kafka_sizes: Vec<usize>,
+    /// Messages in the topic the expect part reads, and its stage's `count` (default
+    /// 1,000,000).
+    #[arg(long)]
+    pub expect_messages: Option<u64>,
+    /// Their payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub expect_size: usize,
+    /// The `where` of the expect stage, one row each, separated by ';'. Each must match every
+    /// message: key `order-N`, header `source: devset`, payload `{"seq":N,"pad":"xxx…"}`.
+    #[arg(
+        long,
+        value_delimiter = ';',
+        default_value = r#"key.startsWith("order-");payload.seq > 0"#
+    )]
+    pub expect_where: Vec<String>,
+    /// Also the rows that break the expect stage's time down (devset's consumer alone, the
+    /// `where` alone); `--expect-breakdown false` leaves them out (for profiling the stage).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub expect_breakdown: bool,
     /// Messages per RabbitMQ run (default 200,000).
     #[arg(long)]
     pub rabbitmq_messages: Option<u64>,
@@ -74,7 +95,7 @@ pub struct Args {
     #[arg(long)]
     pub max_active_runs: Option<usize>,
     /// The sides of the Kafka and RabbitMQ comparisons to run (all three by default; one alone
-    /// is for profiling).
+    /// is for profiling). The expect part has raw and engine (with devset's consumer alone).
     #[arg(long, value_delimiter = ',', default_value = "raw,engine,controller")]
     pub sides: Vec<Side>,
     /// The `devset` binary (a release build).
@@ -91,6 +112,7 @@ pub struct Args {
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
     Kafka,
+    Expect,
     Rabbitmq,
     Templates,
     Sse,
@@ -117,6 +139,9 @@ impl Args {
     }
     pub fn kafka_messages(&self) -> u64 {
         self.pick(&self.kafka_messages, 1_000_000, 20_000)
+    }
+    pub fn expect_messages(&self) -> u64 {
+        self.pick(&self.expect_messages, 1_000_000, 100_000)
     }
     pub fn rabbitmq_messages(&self) -> u64 {
         self.pick(&self.rabbitmq_messages, 200_000, 5_000)
@@ -160,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
     for part in [
         Part::Templates,
         Part::Kafka,
+        Part::Expect,
         Part::Rabbitmq,
         Part::Sse,
         Part::Control,
@@ -170,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("[bench] == {part:?} (load {})", stats::loadavg());
         let res = match part {
             Part::Kafka => kafka::run(&args).await,
+            Part::Expect => expect::run(&args).await,
             Part::Rabbitmq => rabbitmq::run(&args).await,
             Part::Templates => templates::run(&args),
             Part::Sse => sse::run(&args).await,

@@ -153,8 +153,8 @@ async fn measure(
     let (template, _) = kafka::payload_template(100);
     let publish = PublishAction {
         topic: Some(format!("bench-{ns}-{name}")),
-        count: m as i64,
-        rate_per_second: Some(args.sse_rate),
+        count: (m as i64).into(),
+        rate_per_second: Some(args.sse_rate.into()),
         key: Some("k-{{ seq }}".into()),
         headers: [("source".to_string(), "devset".to_string())].into(),
         payload: Some(template),

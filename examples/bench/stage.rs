@@ -51,6 +51,9 @@ pub async fn engine(action: &PublishAction, broker: BrokerConfig) -> anyhow::Res
         resume: BTreeMap::new(),
         brokers: BTreeMap::from([("b".to_string(), broker)]),
         default_connector: "b".into(),
+        started_at: jiff::Timestamp::now(),
+        approvals: Arc::new(devset::engine::approval::NoApprovals),
+        pause: CancellationToken::new(),
     };
     let count = Arc::new(Count(AtomicU64::new(0)));
     let start = Instant::now();
@@ -61,11 +64,13 @@ pub async fn engine(action: &PublishAction, broker: BrokerConfig) -> anyhow::Res
         "engine stage: {outcome:?}"
     );
     let n = count.0.load(Ordering::Relaxed);
-    anyhow::ensure!(
-        n == action.count as u64,
-        "engine stage: {n} of {} acknowledged",
-        action.count
-    );
+    let want = match action.count {
+        devset::api::Count::Number(c) => c as u64,
+        devset::api::Count::Template(_) => {
+            anyhow::bail!("the bench publishes a number of messages")
+        }
+    };
+    anyhow::ensure!(n == want, "engine stage: {n} of {want} acknowledged");
     Ok(took)
 }
 
@@ -85,12 +90,17 @@ pub async fn controller(
     cluster::create_run(client, ns, name, name, connector).await?;
     let run = cluster::wait_completed(client, ns, name, Duration::from_secs(900)).await?;
     let st = run.status.unwrap_or_default();
+    let want = match action.count {
+        devset::api::Count::Number(c) => c,
+        devset::api::Count::Template(_) => {
+            anyhow::bail!("the bench publishes a number of messages")
+        }
+    };
     anyhow::ensure!(
-        st.phase == Some(RunPhase::Completed) && st.messages_published == Some(action.count),
-        "run {name}: {:?} with {:?} of {} messages",
+        st.phase == Some(RunPhase::Completed) && st.messages_published == Some(want),
+        "run {name}: {:?} with {:?} of {want} messages",
         st.phase,
         st.messages_published,
-        action.count
     );
     let key = RunKey::new(ns, name);
     let last = store

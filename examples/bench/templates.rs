@@ -26,7 +26,7 @@ pub fn typical() -> PublishAction {
             r#"{"orderId":"{{ uuid }}","seq":{{ seq }},"region":"{{ params.region }}","amount":{{ params.amount }},"currency":"EUR","createdAt":"{{ now }}","source":"{{ run.name }}/{{ stage }}","items":[{"sku":"A-{{ seq }}","qty":1}]}"#
                 .into(),
         ),
-        count: 1,
+        count: 1.into(),
         ..Default::default()
     }
 }
@@ -45,6 +45,7 @@ pub fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         run_namespace: "shop",
         stage: "create",
         params: &params,
+        stages: &Default::default(),
     };
     let bound = compiled
         .bind(&ctx)

@@ -82,7 +82,10 @@ mod tests {
         let names: Vec<_> = wf.spec.stages.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["create-orders", "settle", "payments"]);
         let publish = wf.spec.stages[0].publish.as_ref().unwrap();
-        assert_eq!((publish.count, publish.rate_per_second), (100, Some(500.0)));
+        assert_eq!(
+            (&publish.count, &publish.rate_per_second),
+            (&Count::Number(100), &Some(Rate::Number(500.0)))
+        );
         assert_eq!(wf.spec.params[0].r#type, ParamType::Integer);
         assert_eq!(wf.spec.params[0].default, Some(serde_json::json!(100)));
 
@@ -105,7 +108,7 @@ mod tests {
             "name": "a", "publish": {"queue": "q"}
         }))
         .unwrap();
-        assert_eq!(stage.publish.unwrap().count, 1);
+        assert_eq!(stage.publish.unwrap().count, Count::Number(1));
         let p: ParamSpec = serde_json::from_value(serde_json::json!({"name": "x"})).unwrap();
         assert_eq!((p.r#type, p.required), (ParamType::String, false));
     }

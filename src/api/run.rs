@@ -92,9 +92,12 @@ pub enum RunPhase {
     Running,
     /// A stop was asked; in-flight stage work is finishing.
     Stopping,
+    /// An approval stage waits for a person's decision and no other stage is executing.
+    WaitingForApproval,
     /// Halted by a stop before completion.
     Stopped,
-    /// Every stage succeeded.
+    /// Every stage succeeded (or, with `continueOnError`, ended: reason
+    /// `CompletedWithFailures`).
     Completed,
     /// An unrecoverable error; `reason` and `message` say which stage and why.
     Failed,
@@ -117,21 +120,38 @@ pub enum StagePhase {
     Pending,
     /// Executing.
     Running,
+    /// An approval stage waits for a person's decision.
+    WaitingForApproval,
     /// Done.
     Succeeded,
     /// Failed after its retries.
     Failed,
     /// Halted by a stop.
     Stopped,
-    /// Never started, because the run failed or stopped first.
+    /// Not executed: its `when` was false (reason `ConditionFalse`), or the run failed or
+    /// stopped first.
     Skipped,
+    /// Not executed in this run: a re-run took its result and outputs from the earlier run.
+    Inherited,
+}
+
+impl StagePhase {
+    /// The stage is over, and counts as done for the stages that depend on it unless it
+    /// `Failed` (without `continueOnError`) or `Stopped`.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Stopped | Self::Skipped | Self::Inherited
+        )
+    }
 }
 
 /// The run's progress as the controller last wrote it.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowRunStatus {
-    /// `Pending`, `Running`, `Stopping`, `Stopped`, `Completed` or `Failed`.
+    /// `Pending`, `Running`, `Stopping`, `WaitingForApproval`, `Stopped`, `Completed` or
+    /// `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RunPhase>,
     /// A CamelCase word for why the run is in its phase, e.g. `Queued`, `WorkflowNotFound`,
@@ -178,9 +198,14 @@ pub struct WorkflowRunStatus {
 pub struct StageStatus {
     /// The stage's name.
     pub name: String,
-    /// `Pending`, `Running`, `Succeeded`, `Failed`, `Stopped` or `Skipped`.
+    /// `Pending`, `Running`, `WaitingForApproval`, `Succeeded`, `Failed`, `Stopped`,
+    /// `Skipped` or `Inherited`.
     #[serde(default)]
     pub phase: StagePhase,
+    /// A CamelCase word for why the stage ended as it did, e.g. `ConditionFalse`, `Rejected`,
+    /// `ExpectationNotMet`, `Timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// When the stage's first attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
@@ -193,7 +218,75 @@ pub struct StageStatus {
     /// Messages of this stage the broker acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<i64>,
+    /// Messages an expect stage found matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<i64>,
+    /// What the stage produced, for later stages (`{{ stages.NAME.outputs.KEY }}`): publish
+    /// stages `published`; expect stages `received`, `read` and their captures; approval stages
+    /// `decision`, `user` and `comment`. At most 32 keys, values cut at 1 KiB.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+    /// The decision of an approval stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRecord>,
     /// What happened, e.g. the error of a failed stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// The decision on an approval stage.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    /// `Approved` or `Rejected`.
+    pub decision: Decision,
+    /// Who decided: a Kubernetes user name, or `devset:timeout` when the stage's timeout
+    /// decided.
+    pub user: String,
+    /// What the person said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub comment: Option<String>,
+    /// When.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}
+
+/// An approval decision.
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
+pub enum Decision {
+    #[default]
+    Approved,
+    Rejected,
+}
+
+/// The prefix of the annotations that carry decisions on approval stages:
+/// `approval.devset.io/STAGE`, whose value is an [`ApprovalRecord`] as JSON. `devset api` writes
+/// it after checking the RBAC verb `approve` and the stage's `approvers`; the controller reads
+/// it, and records the decision in `status.stages[].approval`.
+pub const APPROVAL_ANNOTATION_PREFIX: &str = "approval.devset.io/";
+
+/// The annotation that carries the decision on `stage`.
+pub fn approval_annotation(stage: &str) -> String {
+    format!("{APPROVAL_ANNOTATION_PREFIX}{stage}")
+}
+
+impl WorkflowRun {
+    /// The decisions written on the run, by stage; a value that does not parse is an error
+    /// naming the annotation.
+    pub fn decisions(&self) -> BTreeMap<String, Result<ApprovalRecord, String>> {
+        self.metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                let stage = k.strip_prefix(APPROVAL_ANNOTATION_PREFIX)?;
+                let parsed = serde_json::from_str::<ApprovalRecord>(v)
+                    .map_err(|e| format!("annotation {k}: {e}"));
+                Some((stage.to_owned(), parsed))
+            })
+            .collect()
+    }
 }

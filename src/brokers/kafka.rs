@@ -18,8 +18,9 @@ use std::{
 /// How long `send` sleeps when the local queue is full before trying again.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
-/// The rdkafka client settings for a config.
-fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+/// The rdkafka client settings for a config (shared by the producer and the consumer, so that
+/// TLS and SASL apply alike).
+pub(super) fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.bootstrap_servers)
         .set("client.id", "devset")
@@ -64,13 +65,13 @@ fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 /// A client context that remembers the last client-level error librdkafka reported (a refused
 /// connection, a failed SASL handshake), so that a failed or timed-out request can say why.
 #[derive(Clone, Default)]
-struct Context {
+pub(super) struct Context {
     last_error: Arc<Mutex<Option<(KafkaError, String)>>>,
     password: Option<String>,
 }
 
 impl Context {
-    fn new(cfg: &KafkaConfig) -> Self {
+    pub(super) fn new(cfg: &KafkaConfig) -> Self {
         Context {
             last_error: Arc::default(),
             password: cfg.sasl.as_ref().map(|s| s.password.clone()),
@@ -81,7 +82,7 @@ impl Context {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
-    fn scrub(&self, text: String) -> String {
+    pub(super) fn scrub(&self, text: String) -> String {
         scrub(text, self.password.as_deref())
     }
 }
@@ -111,7 +112,7 @@ impl ClientContext for Context {
     }
 }
 
-fn is_auth_code(code: RDKafkaErrorCode) -> bool {
+pub(super) fn is_auth_code(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::Authentication
@@ -124,7 +125,7 @@ fn is_auth_code(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-fn is_unreachable_code(code: RDKafkaErrorCode) -> bool {
+pub(super) fn is_unreachable_code(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::BrokerTransportFailure
@@ -145,7 +146,7 @@ fn code_of(e: &KafkaError) -> Option<RDKafkaErrorCode> {
 
 /// Classifies an error of a request to the cluster (metadata, connect) using the last
 /// client-level error as the explanation.
-fn classify_request_error(e: KafkaError, ctx: &Context, what: &str) -> BrokerError {
+pub(super) fn classify_request_error(e: KafkaError, ctx: &Context, what: &str) -> BrokerError {
     let last = ctx.last_error();
     let detail = match &last {
         Some((le, reason)) => format!("{what}: {e}; last client error: {le}: {reason}"),

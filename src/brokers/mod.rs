@@ -1,5 +1,5 @@
-//! Broker adapters: publish rendered [`Message`]s to Kafka (rdkafka) or RabbitMQ (lapin) and
-//! probe whether a broker is reachable.
+//! Broker adapters: publish rendered [`Message`]s to Kafka (rdkafka) or RabbitMQ (lapin), consume
+//! them for `expect` stages ([`Consumer`]) and probe whether a broker is reachable.
 //!
 //! Nothing here imports kube: [`BrokerConfig::from_spec`] takes the connector's spec and a
 //! Secret lookup function, so the whole module is unit-testable without a cluster.
@@ -7,8 +7,13 @@
 //! No password ever appears in a `Debug` or `Display` output of these types, nor in an error
 //! message.
 
+mod consumer;
 mod kafka;
+mod kafka_consumer;
 mod rabbitmq;
+mod rabbitmq_consumer;
+
+pub use consumer::{Consumer, Received, Source, StartAt, declare_tap, delete_tap};
 
 use crate::api::{
     BrokerConnectorSpec, CredentialsSecretRef, KafkaSecurityProtocol, SaslMechanism, TlsConfig,
@@ -404,6 +409,9 @@ pub enum BrokerError {
     /// The broker did not answer in time.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A topic, queue or exchange does not exist; the message names it, e.g. `topic orders`.
+    #[error("{0} does not exist")]
+    NotFound(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -411,7 +419,7 @@ pub enum BrokerError {
 
 impl BrokerError {
     /// A short label for conditions and metrics: `Unreachable`, `AuthFailed`, `Nacked`,
-    /// `Unroutable`, `Timeout` or `BrokerError`.
+    /// `Unroutable`, `Timeout`, `NotFound` or `BrokerError`.
     pub fn reason(&self) -> &'static str {
         match self {
             BrokerError::Unreachable(_) => "Unreachable",
@@ -419,6 +427,7 @@ impl BrokerError {
             BrokerError::Nacked(_) => "Nacked",
             BrokerError::Unroutable { .. } => "Unroutable",
             BrokerError::Timeout(_) => "Timeout",
+            BrokerError::NotFound(_) => "NotFound",
             BrokerError::Other(_) => "BrokerError",
         }
     }
@@ -794,6 +803,7 @@ mod tests {
                 "Unroutable",
             ),
             (BrokerError::Timeout("x".into()), "Timeout"),
+            (BrokerError::NotFound("topic x".into()), "NotFound"),
             (BrokerError::Other("x".into()), "BrokerError"),
         ];
         for (err, reason) in cases {

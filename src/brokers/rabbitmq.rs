@@ -55,7 +55,7 @@ fn tls_config(cfg: &RabbitMqConfig) -> OwnedTLSConfig {
 }
 
 /// Classifies a lapin error; `what` says what failed.
-fn classify(e: &lapin::Error, what: &str, cfg: &RabbitMqConfig) -> BrokerError {
+pub(super) fn classify(e: &lapin::Error, what: &str, cfg: &RabbitMqConfig) -> BrokerError {
     let detail = scrub(format!("{what}: {e}"), cfg.password.as_deref());
     match e.kind() {
         ErrorKind::IOError(_) | ErrorKind::MissingHeartbeatError => {
@@ -71,7 +71,7 @@ fn classify(e: &lapin::Error, what: &str, cfg: &RabbitMqConfig) -> BrokerError {
     }
 }
 
-async fn open(cfg: &RabbitMqConfig, timeout: Duration) -> Result<Connection, BrokerError> {
+pub(super) async fn open(cfg: &RabbitMqConfig, timeout: Duration) -> Result<Connection, BrokerError> {
     let uri = amqp_uri(cfg)?;
     let builder = DefaultConnectionBuilder::new()
         .map_err(|e| BrokerError::Other(format!("AMQP runtime: {e}")))?

@@ -1,19 +1,17 @@
 //! `devset logs`: a client of `devset api`'s event log: pages, or with `-f` the SSE stream,
 //! reconnecting with `Last-Event-ID` when the connection drops.
 //!
-//! The token and the namespace come from the kubeconfig (or `--token`, `-n`). The address of
-//! `devset api` comes from `--server`/`DEVSET_API_SERVER`: the API server's service proxy
-//! drops the caller's `Authorization` header, so it cannot carry the token to `devset api`.
+//! The address of `devset api`, the token and the namespace: see [`super::api_client`].
 
-use super::render::{self, Output};
+use super::{
+    api_client::{self, ApiArgs},
+    render::{self, Output},
+};
 use crate::events::Event;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use http_body_util::BodyExt;
-use kube::{
-    Client, Config,
-    config::{KubeConfigOptions, Kubeconfig},
-};
+use kube::Client;
 use std::{
     io::Write,
     process::ExitCode,
@@ -29,9 +27,6 @@ pub struct LogsArgs {
     /// The WorkflowRun.
     #[arg(value_name = "RUN")]
     pub run: String,
-    /// The run's namespace; defaults to the kubeconfig context's namespace.
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
     /// Follow the log live until the run ends, reconnecting when the connection drops.
     #[arg(short = 'f', long)]
     pub follow: bool,
@@ -41,40 +36,8 @@ pub struct LogsArgs {
     /// `text`: one line per event; `json`: each event as one JSON line, as the API serves it.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
-    /// The address of `devset api`, e.g. `http://127.0.0.1:8082` (after
-    /// `kubectl port-forward`), or an ingress URL.
-    #[arg(long, env = "DEVSET_API_SERVER", value_name = "URL")]
-    pub server: Option<String>,
-    /// A bearer token to send instead of the kubeconfig's.
-    #[arg(long, env = "DEVSET_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// The kubeconfig context to use; defaults to the current one.
-    #[arg(long)]
-    pub context: Option<String>,
-}
-
-/// The kubeconfig context extension that holds devset api's address: a URL, or an object
-/// with `server: URL`.
-pub const EXTENSION: &str = "devset.io/api-server";
-
-/// devset api's address from the context's [`EXTENSION`].
-fn context_server(k: &Kubeconfig, context: Option<&str>) -> Option<String> {
-    let name = context.or(k.current_context.as_deref())?;
-    let ctx = k
-        .contexts
-        .iter()
-        .find(|c| c.name == name)?
-        .context
-        .as_ref()?;
-    let ext = ctx
-        .extensions
-        .iter()
-        .flatten()
-        .find(|e| e.name == EXTENSION)?;
-    ext.extension
-        .as_str()
-        .or_else(|| ext.extension["server"].as_str())
-        .map(str::to_owned)
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 /// Runs `devset logs`.
@@ -97,70 +60,8 @@ pub fn logs(args: &LogsArgs) -> ExitCode {
 
 /// The client of `devset api` and the run's events path.
 async fn connect(args: &LogsArgs) -> Result<(Client, String), String> {
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let kubeconfig = match Kubeconfig::read() {
-        Ok(k) => Some(k),
-        Err(_) if args.token.is_some() && args.server.is_some() => None,
-        Err(e) => {
-            return Err(format!(
-                "cannot read the kubeconfig for a token ({e}); pass --token, or set KUBECONFIG"
-            ));
-        }
-    };
-    let from_context = kubeconfig
-        .as_ref()
-        .and_then(|k| context_server(k, args.context.as_deref()));
-    let Some(server) = args.server.clone().or(from_context) else {
-        return Err(format!(
-            "no address for devset api: pass --server URL, set DEVSET_API_SERVER, or add the \
-             extension {EXTENSION:?} to the kubeconfig context; e.g. \
-             `kubectl -n devset-system port-forward svc/devset-operator 8082` and \
-             --server http://127.0.0.1:8082"
-        ));
-    };
-    let url: http::Uri = server
-        .parse()
-        .map_err(|e| format!("--server {server:?}: not a URL: {e}"))?;
-    if url.scheme().is_none() || url.host().is_none() {
-        return Err(format!(
-            "--server {server:?}: give a URL such as http://127.0.0.1:8082"
-        ));
-    }
-    let mut config = match kubeconfig {
-        Some(k) => Config::from_custom_kubeconfig(k, &options)
-            .await
-            .map_err(|e| format!("kubeconfig: {e}"))?,
-        None => Config::new(url.clone()),
-    };
-    // The kubeconfig's identity and namespace, sent to devset api instead of the API server.
-    config.cluster_url = url;
-    config.root_cert = None;
-    config.root_cert_file = None;
-    config.tls_server_name = None;
-    config.proxy_url = None;
-    config.read_timeout = None;
-    if let Some(t) = &args.token {
-        config.auth_info = kube::config::AuthInfo {
-            token: Some(t.clone().into()),
-            ..Default::default()
-        };
-    }
-    let ns = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config).map_err(|e| format!("client: {e}"))?;
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
-    let path = format!(
-        "/api/v1/namespaces/{}/workflowruns/{}/events",
-        enc(&ns),
-        enc(&args.run)
-    );
+    let (client, ns) = api_client::connect(&args.api).await?;
+    let path = format!("{}/events", api_client::run_path(&ns, &args.run));
     Ok((client, path))
 }
 
@@ -217,35 +118,18 @@ enum Failure {
     Fatal(String),
 }
 
+/// Sends `req`: no answer or a server error (5xx) is worth a retry, any other answer final.
 async fn send(
     client: &Client,
     req: http::Request<kube::client::Body>,
 ) -> Result<http::Response<kube::client::Body>, Failure> {
-    let res = client
-        .send(req)
-        .await
-        .map_err(|e| Failure::Retry(format!("cannot reach devset api: {e}")))?;
-    let status = res.status();
-    if status.is_success() {
-        return Ok(res);
-    }
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-        .unwrap_or_default();
-    // Errors are Kubernetes Status objects.
-    let message = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
-        .unwrap_or(body);
-    let text = format!("devset api answered {status}: {}", message.trim());
-    if status.is_server_error() {
-        Err(Failure::Retry(text))
-    } else {
-        Err(Failure::Fatal(text))
-    }
+    api_client::send(client, req).await.map_err(|f| {
+        if f.status.is_none_or(|s| s.is_server_error()) {
+            Failure::Retry(f.message)
+        } else {
+            Failure::Fatal(f.message)
+        }
+    })
 }
 
 /// The log so far, a page at a time.

@@ -1,11 +1,15 @@
 //! The commands people run by hand: `devset run` (a workflow on this machine, no cluster),
-//! `devset logs` (a run's event log from `devset api`) and `devset lint` (manifests checked
-//! offline).
+//! `devset logs` (a run's event log from `devset api`), `devset approve` / `devset reject` (an
+//! approval stage decided through `devset api`) and `devset lint` (manifests checked offline).
 
+pub mod api_client;
+pub mod approve;
+pub mod ask;
 pub mod lint;
 pub mod logs;
 pub mod manifests;
 pub mod render;
+mod reporter;
 pub mod run;
 pub mod schema;
 

@@ -4,33 +4,30 @@
 //! mock cluster, in this process.
 
 use super::{
+    ask::{Preset, TerminalApprovals, can_ask},
     lint::check_docs,
     manifests::{self, Doc},
-    render::{self, Output},
+    render::Output,
+    reporter::Reporter,
 };
 use crate::{
     api::{BrokerConnector, RunPhase, Workflow, WorkflowRun},
-    brokers::{self, BrokerConfig, Delivery},
+    brokers::{self, BrokerConfig},
     engine::{
-        duration::parse_duration,
+        amounts,
         params::{ParamError, resolve_params},
-        runner::{self, Observer, RunInput, RunOutcome, StageOutcome},
+        runner::{self, Observer, RunInput, RunOutcome},
         template::target_of,
     },
-    events::{self, Event, RunKey},
-    message::{Message, Target},
+    events::RunKey,
 };
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::MultiProgress;
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write,
     path::PathBuf,
     process::ExitCode,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-        mpsc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 use tokio_util::sync::CancellationToken;
@@ -68,9 +65,18 @@ pub struct RunArgs {
     /// on stdout (the summary goes to stderr).
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
-    /// With text output, print a line for every published message too.
+    /// With text output, print a line for every published and received message too.
     #[arg(long)]
     pub show_messages: bool,
+    /// Approve approval stages without asking: every one (`--approve`), or the stage named
+    /// (`--approve=STAGE`, repeatable).
+    #[arg(long, value_name = "STAGE", num_args = 0..=1, default_missing_value = "*")]
+    pub approve: Vec<String>,
+    /// Reject approval stages without asking: every one (`--reject`), or the stage named
+    /// (`--reject=STAGE`, repeatable). Without `--approve`/`--reject`, `devset run` asks on the
+    /// terminal.
+    #[arg(long, value_name = "STAGE", num_args = 0..=1, default_missing_value = "*")]
+    pub reject: Vec<String>,
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -103,10 +109,10 @@ impl Source {
 
 /// Everything a run needs, worked out from the files and flags.
 #[derive(Debug)]
-struct Plan {
-    key: RunKey,
-    workflow: Workflow,
-    params: BTreeMap<String, serde_json::Value>,
+pub(super) struct Plan {
+    pub(super) key: RunKey,
+    pub(super) workflow: Workflow,
+    pub(super) params: BTreeMap<String, serde_json::Value>,
     connectors: BTreeMap<String, Source>,
     default_connector: String,
 }
@@ -215,15 +221,16 @@ fn plan(docs: &[Doc], args: &RunArgs) -> Result<Plan, Fail> {
     // Which kind of broker each connector must be, from the targets of its stages.
     let mut needs: BTreeMap<String, BTreeMap<&'static str, Vec<String>>> = BTreeMap::new();
     for s in &workflow.spec.stages {
-        let Some(p) = &s.publish else { continue };
-        let name = p
-            .connector_ref
-            .as_ref()
-            .map_or(&default_connector, |r| &r.name);
-        let kind = match target_of(p) {
-            Target::Topic(_) => "kafka",
-            _ => "rabbitmq",
+        let (connector, kafka) = match (&s.publish, &s.expect) {
+            (Some(p), _) => (
+                p.connector_ref.as_ref(),
+                matches!(target_of(p), crate::message::Target::Topic(_)),
+            ),
+            (_, Some(e)) => (e.connector_ref.as_ref(), e.topic.is_some()),
+            _ => continue,
         };
+        let name = connector.map_or(&default_connector, |r| &r.name);
+        let kind = if kafka { "kafka" } else { "rabbitmq" };
         needs
             .entry(name.clone())
             .or_default()
@@ -286,12 +293,31 @@ fn plan(docs: &[Doc], args: &RunArgs) -> Result<Plan, Fail> {
             ("kafka", None, _, None) => Source::Embedded,
             _ => {
                 return Err(format!(
-                    "stage(s) {} publish to RabbitMQ through connector {name:?}, but no RabbitMQ broker was given: pass --amqp amqp://USER:PASSWORD@HOST:5672/%2f, or -f a BrokerConnector file named {name:?}",
+                    "stage(s) {} use RabbitMQ through connector {name:?}, but no RabbitMQ broker was given: pass --amqp amqp://USER:PASSWORD@HOST:5672/%2f, or -f a BrokerConnector file named {name:?}",
                     stages.join(", ")
                 ));
             }
         };
         connectors.insert(name, source);
+    }
+    amounts::check(&workflow.spec, &params).map_err(|e| format!("{}: {e}", wf_doc.file))?;
+    // Approval stages need a decision: from the flags, or a person at the terminal.
+    let preset = Preset {
+        approve: args.approve.clone(),
+        reject: args.reject.clone(),
+    };
+    let unanswered: Vec<&str> = workflow
+        .spec
+        .stages
+        .iter()
+        .filter(|s| s.approval.is_some() && preset.decision(&s.name).is_none())
+        .map(|s| s.name.as_str())
+        .collect();
+    if !unanswered.is_empty() && !can_ask() {
+        return Err(format!(
+            "approval stage(s) {} need a decision and stdin is not a terminal to ask on: pass --approve or --reject (for every stage, or =STAGE for one)",
+            unanswered.join(", ")
+        ));
     }
     let (name, namespace) = match &run {
         Some(r) => (
@@ -371,15 +397,15 @@ async fn execute(plan: Plan, args: &RunArgs) -> ExitCode {
         .spec
         .stages
         .iter()
-        .filter_map(|s| s.publish.as_ref())
-        .filter(|p| {
-            let name = p
-                .connector_ref
-                .as_ref()
-                .map_or(&plan.default_connector, |r| &r.name);
-            plan.connectors.get(name) == Some(&Source::Embedded)
+        .filter_map(|s| {
+            let (topic, connector) = match (&s.publish, &s.expect) {
+                (Some(p), _) => (p.topic.clone(), p.connector_ref.as_ref()),
+                (_, Some(e)) => (e.topic.clone(), e.connector_ref.as_ref()),
+                _ => return None,
+            };
+            let name = connector.map_or(&plan.default_connector, |r| &r.name);
+            (plan.connectors.get(name) == Some(&Source::Embedded)).then_some(topic)?
         })
-        .filter_map(|p| p.topic.clone())
         .collect();
     let mock = if embedded_topics.is_empty() {
         None
@@ -445,6 +471,14 @@ async fn execute(plan: Plan, args: &RunArgs) -> ExitCode {
     };
     reporter.phase(RunPhase::Running, "Running", &message);
     let started = Instant::now();
+    let approvals = TerminalApprovals {
+        preset: Preset {
+            approve: args.approve.clone(),
+            reject: args.reject.clone(),
+        },
+        multi: multi.clone(),
+        asking: Default::default(),
+    };
     let input = RunInput {
         run_name: plan.key.name.clone(),
         run_namespace: plan.key.namespace.clone(),
@@ -453,6 +487,9 @@ async fn execute(plan: Plan, args: &RunArgs) -> ExitCode {
         resume: BTreeMap::new(),
         brokers,
         default_connector: plan.default_connector.clone(),
+        started_at: jiff::Timestamp::now(),
+        approvals: Arc::new(approvals),
+        pause: CancellationToken::new(),
     };
     let stop = CancellationToken::new();
     // One listener for the whole run: a signal that comes while the loop below is busy is
@@ -593,305 +630,6 @@ impl EmbeddedKafka {
     }
 }
 
-/// One stage's live numbers and bar.
-struct StageLine {
-    bar: ProgressBar,
-    /// The message count of a publish stage; the delay of a delay stage.
-    total: Option<u64>,
-    delay: Option<Duration>,
-    published: AtomicU64,
-    started: Mutex<Option<Instant>>,
-    ended: Mutex<Option<(Instant, String)>>,
-}
-
-/// The engine's [`Observer`] for the terminal: bars, events to the printer thread, numbers
-/// for the summary.
-struct Reporter {
-    key: RunKey,
-    stages: BTreeMap<String, StageLine>,
-    order: Vec<String>,
-    /// Events to print; `None` once closed.
-    tx: Mutex<Option<mpsc::Sender<Event>>>,
-    rx: Mutex<Option<mpsc::Receiver<Event>>>,
-    /// Whether message events are printed.
-    messages: bool,
-}
-
-/// The payload cap of message events, as the event log's default.
-const MAX_PAYLOAD: usize = 64 * 1024;
-
-impl Reporter {
-    fn new(plan: &Plan, args: &RunArgs, multi: &MultiProgress) -> Reporter {
-        let width = plan
-            .workflow
-            .spec
-            .stages
-            .iter()
-            .map(|s| s.name.len())
-            .max()
-            .unwrap_or(0);
-        let mut stages = BTreeMap::new();
-        let mut order = Vec::new();
-        for s in &plan.workflow.spec.stages {
-            let (total, delay, template) = match (&s.publish, &s.delay) {
-                (Some(p), _) => (
-                    Some(p.count.max(0) as u64),
-                    None,
-                    "{prefix} [{bar:30.cyan/blue}] {pos}/{len} msgs {rate} eta {eta} {msg}",
-                ),
-                (_, Some(d)) => (
-                    None,
-                    parse_duration(&d.duration).ok(),
-                    "{prefix} [{bar:30.yellow/blue}] delay {msg}",
-                ),
-                _ => (None, None, "{prefix} {msg}"),
-            };
-            let len = total.or(delay.map(|d| d.as_millis() as u64)).unwrap_or(1);
-            let bar = multi.add(ProgressBar::new(len));
-            let style = ProgressStyle::with_template(template)
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .with_key(
-                    "rate",
-                    |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                        let _ = write!(w, "{:.0}/s", st.per_sec());
-                    },
-                )
-                .progress_chars("=> ");
-            bar.set_style(style);
-            bar.set_prefix(format!("{:<width$}", s.name));
-            bar.set_message("pending");
-            stages.insert(
-                s.name.clone(),
-                StageLine {
-                    bar,
-                    total,
-                    delay,
-                    published: AtomicU64::new(0),
-                    started: Mutex::new(None),
-                    ended: Mutex::new(None),
-                },
-            );
-            order.push(s.name.clone());
-        }
-        let (tx, rx) = mpsc::channel();
-        Reporter {
-            key: plan.key.clone(),
-            stages,
-            order,
-            tx: Mutex::new(Some(tx)),
-            rx: Mutex::new(Some(rx)),
-            messages: args.output == Output::Json || args.show_messages,
-        }
-    }
-
-    fn emit(&self, e: Event) {
-        if let Some(tx) = self.tx.lock().unwrap().as_ref() {
-            let _ = tx.send(e);
-        }
-    }
-
-    fn close(&self) {
-        self.tx.lock().unwrap().take();
-    }
-
-    fn phase(&self, phase: RunPhase, reason: &str, message: &str) {
-        self.emit(Event::phase(&self.key, phase, reason, message));
-    }
-
-    /// A thread that numbers and prints the events, above the bars.
-    fn printer(&self, output: Output, multi: MultiProgress) -> std::thread::JoinHandle<()> {
-        let rx = self.rx.lock().unwrap().take().expect("one printer");
-        std::thread::spawn(move || {
-            let mut seq = 0;
-            let mut batch = Vec::new();
-            while let Ok(first) = rx.recv() {
-                batch.push(first);
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                    if batch.len() >= 4096 {
-                        break;
-                    }
-                }
-                let write = |batch: &mut Vec<Event>, seq: &mut u64| {
-                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                    for mut e in batch.drain(..) {
-                        *seq += 1;
-                        e.seq = *seq;
-                        let _ = match output {
-                            Output::Json => serde_json::to_writer(&mut out, &e)
-                                .map_err(std::io::Error::from)
-                                .and_then(|_| out.write_all(b"\n")),
-                            Output::Text => writeln!(out, "{}", render::line(&e)),
-                        };
-                    }
-                    let _ = out.flush();
-                };
-                if multi.is_hidden() {
-                    write(&mut batch, &mut seq);
-                } else {
-                    multi.suspend(|| write(&mut batch, &mut seq));
-                }
-            }
-        })
-    }
-
-    /// Moves the bars of running delay stages.
-    fn tick_delays(&self) {
-        for line in self.stages.values() {
-            if line.delay.is_some()
-                && line.ended.lock().unwrap().is_none()
-                && let Some(t) = *line.started.lock().unwrap()
-            {
-                line.bar.set_position(t.elapsed().as_millis() as u64);
-            }
-        }
-    }
-
-    fn summary(&self, phase: RunPhase, elapsed: Duration) -> String {
-        let mut s = format!(
-            "\nrun {} {} in {:.2}s\n",
-            self.key.name,
-            events::phase_name(phase),
-            elapsed.as_secs_f64()
-        );
-        let mut total = 0;
-        let mut rows = vec![[
-            "STAGE".to_owned(),
-            "RESULT".to_owned(),
-            "DURATION".to_owned(),
-            "MESSAGES".to_owned(),
-            "MSG/S".to_owned(),
-        ]];
-        for name in &self.order {
-            let line = &self.stages[name];
-            let n = line.published.load(Ordering::Relaxed);
-            total += n;
-            let started = *line.started.lock().unwrap();
-            let ended = line.ended.lock().unwrap().clone();
-            let (result, took) = match (started, ended) {
-                (None, _) => ("skipped".to_owned(), None),
-                (Some(t), Some((end, result))) => (result, Some(end - t)),
-                (Some(t), None) => ("unfinished".to_owned(), Some(t.elapsed())),
-            };
-            let duration = took.map_or("-".to_owned(), |d| format!("{:.2}s", d.as_secs_f64()));
-            let (messages, rate) = match (line.total, took) {
-                (Some(_), Some(d)) if d.as_secs_f64() > 0.0 => {
-                    (n.to_string(), format!("{:.0}", n as f64 / d.as_secs_f64()))
-                }
-                (Some(_), _) => (n.to_string(), "-".to_owned()),
-                (None, _) => ("-".to_owned(), "-".to_owned()),
-            };
-            rows.push([name.clone(), result, duration, messages, rate]);
-        }
-        let w: Vec<usize> = (0..5)
-            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-            .collect();
-        for [name, result, duration, messages, rate] in &rows {
-            s.push_str(&format!(
-                "  {name:<w0$}  {result:<w1$}  {duration:>w2$}  {messages:>w3$}  {rate:>w4$}\n",
-                w0 = w[0],
-                w1 = w[1],
-                w2 = w[2],
-                w3 = w[3],
-                w4 = w[4]
-            ));
-        }
-        let secs = elapsed.as_secs_f64().max(1e-9);
-        s.push_str(&format!(
-            "total: {total} messages in {:.2}s, {:.0} msg/s\n",
-            elapsed.as_secs_f64(),
-            total as f64 / secs
-        ));
-        s
-    }
-}
-
-impl Observer for Reporter {
-    fn stage_started(&self, stage: &str, attempt: u32) {
-        self.emit(Event {
-            attempt: Some(attempt),
-            ..Event::stage(&self.key, events::STAGE_STARTED, stage)
-        });
-        if let Some(line) = self.stages.get(stage) {
-            line.started
-                .lock()
-                .unwrap()
-                .get_or_insert_with(Instant::now);
-            line.bar.reset_eta();
-            line.bar.set_message(match (attempt, line.delay) {
-                (1, Some(d)) => format!("{:.1}s", d.as_secs_f64()),
-                (1, None) => String::new(),
-                (n, _) => format!("attempt {n}"),
-            });
-        }
-    }
-
-    fn published(
-        &self,
-        stage: &str,
-        connector: &str,
-        target: &Target,
-        msg: &Message,
-        delivery: &Delivery,
-    ) {
-        if let Some(line) = self.stages.get(stage) {
-            line.published.fetch_add(1, Ordering::Relaxed);
-            line.bar.inc(1);
-        }
-        if self.messages {
-            self.emit(Event::published(
-                &self.key,
-                stage,
-                connector,
-                target,
-                msg,
-                delivery,
-                MAX_PAYLOAD,
-            ));
-        }
-    }
-
-    fn stage_retrying(&self, stage: &str, attempt: u32, reason: &str, message: &str) {
-        self.emit(Event {
-            attempt: Some(attempt),
-            reason: Some(reason.to_owned()),
-            message: Some(message.to_owned()),
-            ..Event::stage(&self.key, events::STAGE_RETRYING, stage)
-        });
-        if let Some(line) = self.stages.get(stage) {
-            line.bar
-                .set_message(format!("attempt {attempt} failed ({reason}); retrying"));
-        }
-    }
-
-    fn stage_finished(&self, stage: &str, outcome: &StageOutcome) {
-        self.emit(Event::stage_finished(&self.key, stage, outcome));
-        let Some(line) = self.stages.get(stage) else {
-            return;
-        };
-        let result = match outcome {
-            StageOutcome::Succeeded => "Succeeded".to_owned(),
-            StageOutcome::Stopped => "Stopped".to_owned(),
-            StageOutcome::Failed { reason, .. } => format!("Failed ({reason})"),
-        };
-        let now = Instant::now();
-        let took = line
-            .started
-            .lock()
-            .unwrap()
-            .map_or(Duration::ZERO, |t| now - t);
-        *line.ended.lock().unwrap() = Some((now, result.clone()));
-        if line.delay.is_some() && *outcome == StageOutcome::Succeeded {
-            line.bar.set_position(line.bar.length().unwrap_or(0));
-        }
-        let text = format!("{result} in {:.2}s", took.as_secs_f64());
-        match outcome {
-            StageOutcome::Succeeded => line.bar.finish_with_message(text),
-            _ => line.bar.abandon_with_message(text),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -924,7 +662,7 @@ mod tests {
         let d = docs(WF);
         let e = plan(&d, &args(&[])).unwrap_err();
         assert!(
-            e.starts_with("stage(s) r publish to RabbitMQ through connector \"rabbit\""),
+            e.starts_with("stage(s) r use RabbitMQ through connector \"rabbit\""),
             "{e}"
         );
         let p = plan(&d, &args(&["--amqp", "amqp://u:p@h:5672/%2f"])).unwrap();

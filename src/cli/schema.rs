@@ -528,7 +528,8 @@ mod tests {
             [
                 (
                     "spec.stages[0].publish.count".into(),
-                    "Invalid value: \"string\": must be of type integer".into()
+                    "must be a number of at least 0, or a template such as \"{{ params.orders }}\""
+                        .into()
                 ),
                 (
                     "spec.stages[0].publish.extra".into(),
@@ -551,15 +552,21 @@ mod tests {
 
     #[test]
     fn cel_rules_apply_with_defaults_and_number_types() {
-        // ratePerSecond is a number: an integer literal is a double to CEL.
+        // retryBackoff.factor is a number: an integer literal is a double to CEL.
+        assert_eq!(
+            check(workflow(json!({"stages": [{"name": "a", "retries": 1,
+                "retryBackoff": {"duration": "1s", "factor": 0}, "delay": {"duration": "1s"}}]}))),
+            [(
+                "spec.stages[0].retryBackoff.factor".to_string(),
+                "must be at least 1".to_string()
+            )]
+        );
+        // count is an int or a string: each type meets its side of the rule.
         assert_eq!(
             check(workflow(
-                json!({"stages": [{"name": "a", "publish": {"topic": "t", "ratePerSecond": 0}}]})
+                json!({"stages": [{"name": "a", "publish": {"topic": "t", "count": "{{ params.n }}"}}]})
             )),
-            [(
-                "spec.stages[0].publish.ratePerSecond".to_string(),
-                "must be greater than 0".to_string()
-            )]
+            []
         );
         // securityProtocol defaults to PLAINTEXT before the rule about sasl sees it.
         let p = check(json!({

@@ -7,6 +7,8 @@
 //! - `devset_runs_by_phase{phase}` (computed at scrape time from the WorkflowRun store),
 //!   `devset_runs_active` (runs this controller is executing);
 //! - `devset_engine_messages_published_total{broker}`,
+//!   `devset_engine_messages_received_total{broker}` (matches of expect stages),
+//!   `devset_engine_approvals_total{decision}`,
 //!   `devset_engine_stage_duration_seconds{action,outcome}` (histogram);
 //! - `devset_events_appended_total`, `devset_events_dropped_total`,
 //!   `devset_events_append_errors_total`, `devset_events_queued` (the run event log).
@@ -46,10 +48,11 @@ pub const WORKFLOW: &str = "workflow";
 pub const BROKERCONNECTOR: &str = "brokerconnector";
 
 /// Every phase, so that `devset_runs_by_phase` always shows all of them (zeros included).
-const PHASES: [RunPhase; 6] = [
+const PHASES: [RunPhase; 7] = [
     RunPhase::Pending,
     RunPhase::Running,
     RunPhase::Stopping,
+    RunPhase::WaitingForApproval,
     RunPhase::Stopped,
     RunPhase::Completed,
     RunPhase::Failed,
@@ -69,6 +72,11 @@ struct ErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BrokerLabels {
     broker: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,6 +110,9 @@ pub struct EngineMetrics {
     active_runs: Gauge,
     published_kafka: Counter,
     published_rabbitmq: Counter,
+    received_kafka: Counter,
+    received_rabbitmq: Counter,
+    approvals: Family<DecisionLabels, Counter>,
     stage_duration: HistogramFamily<StageLabels>,
 }
 
@@ -133,10 +144,14 @@ impl Metrics {
         );
 
         let published = Family::<BrokerLabels, Counter>::default();
+        let received = Family::<BrokerLabels, Counter>::default();
         let engine = EngineMetrics {
             active_runs: Gauge::default(),
             published_kafka: published.get_or_create_owned(&BrokerLabels { broker: "kafka" }),
             published_rabbitmq: published.get_or_create_owned(&BrokerLabels { broker: "rabbitmq" }),
+            received_kafka: received.get_or_create_owned(&BrokerLabels { broker: "kafka" }),
+            received_rabbitmq: received.get_or_create_owned(&BrokerLabels { broker: "rabbitmq" }),
+            approvals: Family::default(),
             stage_duration: Family::new_with_constructor(|| {
                 // 10 ms .. ~45 min
                 Histogram::new(exponential_buckets(0.01, 4.0, 10))
@@ -154,6 +169,16 @@ impl Metrics {
             "messages_published",
             "Messages the brokers acknowledged, by broker type",
             published,
+        );
+        sub.register(
+            "messages_received",
+            "Messages expect stages read that matched, by broker type",
+            received,
+        );
+        sub.register(
+            "approvals",
+            "Decisions on approval stages, by decision",
+            engine.approvals.clone(),
         );
         sub.register(
             "stage_duration_seconds",
@@ -223,24 +248,28 @@ impl Metrics {
             .stages
             .iter()
             .map(|stage| {
+                let broker = |named: Option<&crate::api::LocalObjectRef>| {
+                    let connector = named.map_or(&input.default_connector, |r| &r.name);
+                    input.brokers.get(connector)
+                };
                 let published = stage.publish.as_ref().and_then(|p| {
-                    let connector = p
-                        .connector_ref
-                        .as_ref()
-                        .map_or(&input.default_connector, |r| &r.name);
-                    input
-                        .brokers
-                        .get(connector)
-                        .map(|b| self.engine.published(b))
+                    broker(p.connector_ref.as_ref()).map(|b| self.engine.published(b))
+                });
+                let received = stage.expect.as_ref().and_then(|e| {
+                    broker(e.connector_ref.as_ref()).map(|b| self.engine.received(b))
                 });
                 let action = if stage.publish.is_some() {
                     "publish"
+                } else if stage.approval.is_some() {
+                    "approval"
+                } else if stage.expect.is_some() {
+                    "expect"
                 } else {
                     "delay"
                 };
                 let meta = StageMeta {
                     action,
-                    published,
+                    published: published.or(received),
                     started: OnceLock::new(),
                 };
                 (stage.name.clone(), meta)
@@ -261,7 +290,8 @@ pub struct RunMetrics {
 
 struct StageMeta {
     action: &'static str,
-    /// The published-messages counter of the stage's broker (publish stages).
+    /// The counter of the stage's broker: published messages (publish stages) or matching
+    /// ones (expect stages).
     published: Option<Counter>,
     /// The start of the stage's first attempt in this execution.
     started: OnceLock<Instant>,
@@ -274,7 +304,13 @@ impl RunMetrics {
         }
     }
 
-    /// Per message: one lookup in a small map and an atomic add.
+    /// Counts a decision on an approval stage.
+    pub fn decided(&self, approved: bool) {
+        self.metrics.engine.decided(approved);
+    }
+
+    /// Per message (published, or received by an expect stage): one lookup in a small map and
+    /// an atomic add.
     pub fn published(&self, stage: &str) {
         if let Some(c) = self.stages.get(stage).and_then(|m| m.published.as_ref()) {
             c.inc();
@@ -337,12 +373,29 @@ impl EngineMetrics {
         }
     }
 
-    /// Records a finished stage; `action` is `publish` or `delay`.
+    /// The counter of matching messages read from `broker`.
+    pub fn received(&self, broker: &BrokerConfig) -> Counter {
+        match broker {
+            BrokerConfig::Kafka(_) => self.received_kafka.clone(),
+            BrokerConfig::RabbitMq(_) => self.received_rabbitmq.clone(),
+        }
+    }
+
+    /// Counts a decision on an approval stage.
+    pub fn decided(&self, approved: bool) {
+        let decision = if approved { "approved" } else { "rejected" };
+        self.approvals
+            .get_or_create(&DecisionLabels { decision })
+            .inc();
+    }
+
+    /// Records a finished stage; `action` is `publish`, `delay`, `approval` or `expect`.
     pub fn stage_finished(&self, action: &'static str, outcome: &StageOutcome, took: f64) {
         let outcome = match outcome {
             StageOutcome::Succeeded => "succeeded",
             StageOutcome::Stopped => "stopped",
             StageOutcome::Failed { .. } => "failed",
+            StageOutcome::Skipped { .. } => "skipped",
         };
         self.stage_duration
             .get_or_create(&StageLabels { action, outcome })

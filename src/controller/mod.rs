@@ -1,10 +1,12 @@
 //! `devset controller`: the reconcilers of BrokerConnector, Workflow and WorkflowRun.
 
+mod approvals;
 pub mod conditions;
 mod connector;
 pub mod leader;
 pub mod metrics;
 mod run;
+mod tracker;
 mod workflow;
 
 use futures::StreamExt;

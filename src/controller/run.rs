@@ -2,8 +2,11 @@
 //! own whose progress is written to status, coalesced.
 
 use super::{
-    Context, Error, FINALIZER, Result, apply_status, conditions, connector, drain,
-    metrics::{RunMetrics, WORKFLOWRUN},
+    Context, Error, FINALIZER, Result, apply_status,
+    approvals::{RunApprovals, verdict},
+    conditions, connector, drain,
+    metrics::WORKFLOWRUN,
+    tracker::{Tracker, progress},
     watcher_apis,
 };
 use crate::watch::Stores;
@@ -12,14 +15,14 @@ use crate::{
         BrokerConnector, RunPhase, StagePhase, StageStatus, Workflow, WorkflowRun,
         WorkflowRunStatus, WorkflowSpec, conditions::SUCCEEDED,
     },
-    brokers::{BrokerConfig, Delivery},
+    brokers::BrokerConfig,
     engine::{
+        amounts,
         check::check_workflow,
         params::resolve_params,
-        runner::{self, Observer, RunInput, RunOutcome, StageOutcome, StageResume},
+        runner::{self, Observer, RunInput, RunOutcome, StageResume},
     },
-    events::{self, Event, EventLog, RunKey},
-    message::{Message, Target},
+    events::{Event, RunKey},
 };
 use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -38,7 +41,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -61,12 +64,27 @@ pub struct Runs {
     triggers: Vec<mpsc::UnboundedSender<()>>,
     max: usize,
     shutdown: CancellationToken,
+    /// Decided runs waiting for a slot: they go before queued runs.
+    resuming: Arc<AtomicUsize>,
+    /// Notified whenever a slot may have freed.
+    slot_freed: Arc<Notify>,
 }
 
 struct Active {
     stop: CancellationToken,
     tracker: Arc<Tracker>,
+    approvals: Arc<RunApprovals>,
     done: watch::Receiver<bool>,
+}
+
+/// Runs that hold an active-run slot: those executing, not only waiting for a decision, plus
+/// decided runs waiting for a slot (they go first).
+fn busy(runs: &Runs, active: &HashMap<String, Active>) -> usize {
+    active
+        .values()
+        .filter(|a| !a.tracker.waiting.load(Ordering::SeqCst))
+        .count()
+        + runs.resuming.load(Ordering::SeqCst)
 }
 
 /// Builds the WorkflowRun controllers (one per watched namespace); returns them (to run with
@@ -117,6 +135,8 @@ pub fn controller(
         triggers,
         max: settings.max_active_runs.max(1),
         shutdown: CancellationToken::new(),
+        resuming: Default::default(),
+        slot_freed: Default::default(),
     };
     let run = move |ctx: Arc<Context>| -> futures::future::BoxFuture<'static, ()> {
         let streams = ctls
@@ -217,6 +237,7 @@ async fn apply(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action> {
     {
         let active = ctx.runs.active.lock().await;
         if let Some(a) = active.get(&key(&run)) {
+            offer_decisions(&run, a, ctx).await;
             if run.spec.stop && !a.stop.is_cancelled() {
                 info!("stop requested");
                 a.tracker.set_phase(RunPhase::Stopping);
@@ -233,9 +254,30 @@ async fn apply(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action> {
         }
     }
     match phase {
-        RunPhase::Running | RunPhase::Stopping => resume(run, status, ctx).await,
+        RunPhase::Running | RunPhase::Stopping | RunPhase::WaitingForApproval => {
+            resume(run, status, ctx).await
+        }
         _ => start(run, status, ctx).await,
     }
+}
+
+/// Hands the decisions written on the run to its approval stages; a decision that does not parse
+/// is reported, not taken.
+async fn offer_decisions(run: &WorkflowRun, a: &Active, ctx: &Context) {
+    let mut good = BTreeMap::new();
+    for (stage, d) in run.decisions() {
+        match d {
+            Ok(r) => {
+                good.insert(stage, r);
+            }
+            Err(e) => {
+                warn!(error = %e, "ignoring a decision that does not parse");
+                ctx.event(run, EventType::Warning, "InvalidDecision", e)
+                    .await;
+            }
+        }
+    }
+    a.approvals.offer(good);
 }
 
 /// A Pending run: stop it, wait for its references or a slot, or start it.
@@ -257,7 +299,7 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
     // and Secret every time made the reads grow with the square of the queue.
     if status.reason.as_deref() == Some("Queued") {
         let active = ctx.runs.active.lock().await;
-        if active.len() + queued_ahead(&ctx.runs.store, &run, &active) >= ctx.runs.max {
+        if busy(&ctx.runs, &active) + queued_ahead(&ctx.runs.store, &run, &active) >= ctx.runs.max {
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
     }
@@ -293,13 +335,25 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
             .await;
         }
     };
+    if let Err(e) = amounts::check(&wf.spec, &params) {
+        let msg = format!("Workflow {wf_name:?}: {e}");
+        return finish_pending(
+            &run,
+            status,
+            ctx,
+            RunPhase::Failed,
+            amounts::INVALID_AMOUNT,
+            msg,
+        )
+        .await;
+    }
 
     // Admission: a free slot for this run after every older queued run has one. The oldest
     // queued runs start together as slots free (one at a time, a wave of runs that ended
     // together left its slots empty until the next periodic requeue).
     let mut active = ctx.runs.active.lock().await;
     let ahead = queued_ahead(&ctx.runs.store, &run, &active);
-    if active.len() + ahead >= ctx.runs.max {
+    if busy(&ctx.runs, &active) + ahead >= ctx.runs.max {
         drop(active);
         // The counts as the run was queued; not rewritten as the queue moves (rewriting every
         // queued run's status each time made the writes grow with the square of the queue).
@@ -308,7 +362,7 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
             _ => format!(
                 "waiting for a slot: {} of {} runs active, {ahead} queued ahead when it was \
                  queued; queued runs start oldest first",
-                ctx.runs.active.lock().await.len(),
+                busy(&ctx.runs, &*ctx.runs.active.lock().await),
                 ctx.runs.max
             ),
         };
@@ -342,7 +396,7 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
         workflow: Some(wf.spec.clone()),
         ..status
     };
-    new.progress = Some(progress(&new.stages));
+    new.progress = Some(progress(&new));
     new.conditions = conditions::set(
         &new.conditions,
         SUCCEEDED,
@@ -360,6 +414,7 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
         new.message.as_deref().unwrap_or_default(),
     );
     apply_status(&ctx.api::<WorkflowRun>(&ns), run.as_ref(), &new).await?;
+    let approvals = Arc::new(RunApprovals::new(ctx.runs.clone(), key(&run)));
     let input = RunInput {
         run_name: run.name_any(),
         run_namespace: ns,
@@ -368,8 +423,12 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
         resume: BTreeMap::new(),
         brokers,
         default_connector: run.spec.connector_ref.name.clone(),
+        started_at: now,
+        approvals: approvals.clone(),
+        pause: ctx.runs.shutdown.child_token(),
     };
-    let a = spawn(run.clone(), new, input, ctx);
+    let a = spawn(run.clone(), new, input, approvals, ctx);
+    offer_decisions(&run, &a, ctx).await;
     active.insert(key(&run), a);
     // Admissions wait for this lock: publish the Event without holding it.
     drop(active);
@@ -428,14 +487,30 @@ async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context)
             .await;
         }
     };
+    let continues = |name: &str| {
+        spec.stages
+            .iter()
+            .any(|s| s.name == name && s.continue_on_error)
+    };
     let resume = status
         .stages
         .iter()
         .map(|s| {
+            // A stage that failed without continueOnError runs again (its run never ended).
+            let finished = match s.phase {
+                StagePhase::Succeeded | StagePhase::Inherited => Some(s.phase),
+                StagePhase::Skipped if s.reason.is_some() => Some(s.phase),
+                StagePhase::Failed if continues(&s.name) => Some(s.phase),
+                _ => None,
+            };
             let r = StageResume {
-                succeeded: s.phase == StagePhase::Succeeded,
+                finished,
                 published: s.published.unwrap_or(0).max(0) as u64,
+                received: s.received.unwrap_or(0).max(0) as u64,
                 attempts: s.attempts.unwrap_or(0).max(0) as u32,
+                started_at: s.started_at.as_ref().map(|t| t.0),
+                outputs: s.outputs.clone(),
+                decided: s.approval.as_ref().map(verdict),
             };
             (s.name.clone(), r)
         })
@@ -455,6 +530,7 @@ async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context)
         "resumed from its status after a controller restart".into(),
     )
     .await;
+    let approvals = Arc::new(RunApprovals::new(ctx.runs.clone(), key(&run)));
     let input = RunInput {
         run_name: run.name_any(),
         run_namespace: ns,
@@ -463,9 +539,16 @@ async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context)
         resume,
         brokers,
         default_connector: run.spec.connector_ref.name.clone(),
+        started_at: status
+            .started_at
+            .as_ref()
+            .map_or_else(Timestamp::now, |t| t.0),
+        approvals: approvals.clone(),
+        pause: ctx.runs.shutdown.child_token(),
     };
     let mut active = ctx.runs.active.lock().await;
-    let a = spawn(run.clone(), status, input, ctx);
+    let a = spawn(run.clone(), status, input, approvals, ctx);
+    offer_decisions(&run, &a, ctx).await;
     active.insert(key(&run), a);
     Ok(Action::await_change())
 }
@@ -631,166 +714,7 @@ fn finalize(
             s.phase = StagePhase::Skipped;
         }
     }
-    status.progress = Some(progress(&status.stages));
-}
-
-fn progress(stages: &[StageStatus]) -> String {
-    let done = stages
-        .iter()
-        .filter(|s| s.phase == StagePhase::Succeeded)
-        .count();
-    format!("{done}/{}", stages.len())
-}
-
-/// The live status of one executing run, fed by the engine and read by the status writer.
-struct Tracker {
-    status: Mutex<WorkflowRunStatus>,
-    /// Wakes the writer at once (stage transitions, phase changes).
-    changed: Notify,
-    metrics: RunMetrics,
-    log: EventLog,
-    key: RunKey,
-    /// Message events handed to the log by this execution, against the store's cap.
-    logged: AtomicU64,
-    /// Message events beyond the cap not yet counted in the log: they go to it in one number
-    /// with each status pass, not one command per message.
-    unlogged: AtomicU64,
-}
-
-impl Tracker {
-    /// Hands the count of message events left out since the last call to the log.
-    fn count_unlogged(&self) {
-        let n = self.unlogged.swap(0, Ordering::Relaxed);
-        if n > 0 {
-            self.log.dropped(&self.key, n);
-        }
-    }
-
-    fn stage<R>(
-        &self,
-        name: &str,
-        f: impl FnOnce(&mut StageStatus, &mut WorkflowRunStatus) -> R,
-    ) -> Option<R> {
-        let mut st = self.status.lock().unwrap();
-        let i = st.stages.iter().position(|s| s.name == name)?;
-        let mut stage = std::mem::take(&mut st.stages[i]);
-        let r = f(&mut stage, &mut st);
-        st.stages[i] = stage;
-        Some(r)
-    }
-
-    fn set_phase(&self, phase: RunPhase) {
-        let mut st = self.status.lock().unwrap();
-        st.phase = Some(phase);
-        if phase == RunPhase::Stopping {
-            st.reason = Some("Stopping".into());
-            st.message = Some("a stop was requested; in-flight work is finishing".into());
-        }
-        drop(st);
-        if phase == RunPhase::Stopping {
-            self.log.append(
-                &self.key,
-                Event::phase(
-                    &self.key,
-                    phase,
-                    "Stopping",
-                    "a stop was requested; in-flight work is finishing",
-                ),
-            );
-        }
-        self.changed.notify_one();
-    }
-}
-
-impl Observer for Tracker {
-    fn stage_started(&self, stage: &str, attempt: u32) {
-        self.log.append(
-            &self.key,
-            Event {
-                attempt: Some(attempt),
-                ..Event::stage(&self.key, events::STAGE_STARTED, stage)
-            },
-        );
-        self.metrics.stage_started(stage);
-        self.stage(stage, |s, _| {
-            s.phase = StagePhase::Running;
-            s.started_at.get_or_insert(Time(Timestamp::now()));
-            s.attempts = Some(attempt as i32);
-        });
-        self.changed.notify_one();
-    }
-
-    fn published(
-        &self,
-        stage: &str,
-        connector: &str,
-        target: &Target,
-        msg: &Message,
-        delivery: &Delivery,
-    ) {
-        let limits = self.log.store().limits();
-        if self.logged.fetch_add(1, Ordering::Relaxed) < limits.max_message_events {
-            let e = Event::published(
-                &self.key,
-                stage,
-                connector,
-                target,
-                msg,
-                delivery,
-                limits.max_payload_bytes,
-            );
-            self.log.append(&self.key, e);
-        } else {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
-        }
-        self.metrics.published(stage);
-        self.stage(stage, |s, st| {
-            *s.published.get_or_insert(0) += 1;
-            *st.messages_published.get_or_insert(0) += 1;
-        });
-    }
-
-    fn stage_retrying(&self, stage: &str, attempt: u32, reason: &str, message: &str) {
-        self.log.append(
-            &self.key,
-            Event {
-                attempt: Some(attempt),
-                reason: Some(reason.to_owned()),
-                message: Some(message.to_owned()),
-                ..Event::stage(&self.key, events::STAGE_RETRYING, stage)
-            },
-        );
-        self.stage(stage, |s, _| {
-            s.message = Some(format!(
-                "attempt {attempt} failed ({reason}): {message}; retrying"
-            ))
-        });
-        self.changed.notify_one();
-    }
-
-    fn stage_finished(&self, stage: &str, outcome: &StageOutcome) {
-        self.log
-            .append(&self.key, Event::stage_finished(&self.key, stage, outcome));
-        self.metrics.stage_finished(stage, outcome);
-        self.stage(stage, |s, _| {
-            s.completed_at = Some(Time(Timestamp::now()));
-            match outcome {
-                StageOutcome::Succeeded => {
-                    s.phase = StagePhase::Succeeded;
-                    s.message = None;
-                }
-                StageOutcome::Stopped => s.phase = StagePhase::Stopped,
-                StageOutcome::Failed { reason, message } => {
-                    s.phase = StagePhase::Failed;
-                    s.message = Some(format!("{reason}: {message}"));
-                }
-            }
-        });
-        let mut st = self.status.lock().unwrap();
-        st.progress = Some(progress(&st.stages));
-        drop(st);
-        self.changed.notify_one();
-    }
+    status.progress = Some(progress(status));
 }
 
 /// Starts the engine for `run` and the task that writes its progress.
@@ -798,8 +722,11 @@ fn spawn(
     run: Arc<WorkflowRun>,
     status: WorkflowRunStatus,
     input: RunInput,
+    approvals: Arc<RunApprovals>,
     ctx: &Context,
 ) -> Active {
+    let runs_for_wait = ctx.runs.clone();
+    let waiting = status.phase == Some(RunPhase::WaitingForApproval);
     let tracker = Arc::new(Tracker {
         status: Mutex::new(status.clone()),
         changed: Notify::new(),
@@ -808,6 +735,13 @@ fn spawn(
         key: log_key(&run),
         logged: AtomicU64::new(0),
         unlogged: AtomicU64::new(0),
+        waiting: AtomicBool::new(waiting),
+        // A run that only waits gives its slot back: queued runs may start.
+        on_waiting: Box::new(move |waiting| {
+            if waiting {
+                runs_for_wait.wake();
+            }
+        }),
     });
     let stop = CancellationToken::new();
     let (done_tx, done_rx) = watch::channel(false);
@@ -839,7 +773,20 @@ fn spawn(
                 _ = tokio::time::sleep(WRITE_INTERVAL) => {}
             }
             t.count_unlogged();
+            let before = written.stages.clone();
             written = write_if_changed(&api, &run, &t, written).await;
+            for (reason, note) in phase_events(&before, &written) {
+                let ev = kube::runtime::events::Event {
+                    type_: EventType::Normal,
+                    reason: reason.into(),
+                    note: Some(note),
+                    action: reason.into(),
+                    secondary: None,
+                };
+                let _ = recorder
+                    .publish(&ev, &kube::Resource::object_ref(run.as_ref(), &()))
+                    .await;
+            }
             // Coalesce: at most one periodic write per interval.
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
@@ -883,8 +830,48 @@ fn spawn(
     Active {
         stop,
         tracker,
+        approvals,
         done: done_rx,
     }
+}
+
+/// The Kubernetes Events of what changed between two written statuses: the run starts or stops
+/// waiting for a decision, and each decision.
+fn phase_events(stages: &[StageStatus], now: &WorkflowRunStatus) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for s in &now.stages {
+        let was = stages.iter().find(|o| o.name == s.name);
+        if s.phase == StagePhase::WaitingForApproval
+            && was.is_none_or(|o| o.phase != StagePhase::WaitingForApproval)
+        {
+            out.push((
+                "WaitingForApproval",
+                format!(
+                    "stage {:?} waits for a decision: {}",
+                    s.name,
+                    s.message.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        if let Some(a) = &s.approval
+            && was.is_none_or(|o| o.approval.is_none())
+        {
+            let (reason, verb) = match a.decision {
+                crate::api::Decision::Approved => ("Approved", "approved"),
+                crate::api::Decision::Rejected => ("Rejected", "rejected"),
+            };
+            let comment = a
+                .comment
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            out.push((
+                reason,
+                format!("stage {:?} {verb} by {}{comment}", s.name, a.user),
+            ));
+        }
+    }
+    out
 }
 
 /// Writes a run's final status, retrying for a while: until it lands, the status still says
@@ -931,8 +918,48 @@ async fn write_if_changed(
 impl Runs {
     /// Reconciles every run again: a slot is free, so the oldest queued run may start.
     fn wake(&self) {
+        self.slot_freed.notify_waiters();
         for t in &self.triggers {
             let _ = t.unbounded_send(());
+        }
+    }
+
+    /// Waits, for the decided run `key` that gave its slot back while it waited, until a slot
+    /// is free, and takes it (ahead of queued runs, which count the runs waiting here).
+    pub(super) async fn take_slot(&self, key: &str) {
+        struct Resuming(Arc<AtomicUsize>);
+        impl Drop for Resuming {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        loop {
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let active = self.active.lock().await;
+                let Some(me) = active.get(key) else { return };
+                if !me.tracker.waiting.load(Ordering::SeqCst) {
+                    return;
+                }
+                let others = active
+                    .iter()
+                    .filter(|(k, a)| *k != key && !a.tracker.waiting.load(Ordering::SeqCst))
+                    .count();
+                if others < self.max {
+                    me.tracker.waiting.store(false, Ordering::SeqCst);
+                    return;
+                }
+            }
+            let _resuming = {
+                self.resuming.fetch_add(1, Ordering::SeqCst);
+                Resuming(self.resuming.clone())
+            };
+            tokio::select! {
+                _ = &mut freed => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
         }
     }
 

@@ -1,9 +1,12 @@
 //! What the controller's Workflow check and `devset lint` report beyond the CRD's CEL rules.
 
-use super::dag::{DagError, plan};
+use super::amounts;
+use super::dag::{DagError, Plan, plan};
 use super::duration::parse_duration;
+use super::expect::Checks;
+use super::expr::{Expr, STAGE_VARIABLES};
 use super::params::{ParamError, check_defaults};
-use super::template::PublishTemplates;
+use super::template::{PublishTemplates, Template};
 use crate::api::WorkflowSpec;
 
 /// The reason of a [`Problem`] with the stages' dependencies: a cycle.
@@ -21,6 +24,12 @@ pub const UNDECLARED_PARAM: &str = "UndeclaredParam";
 pub const INVALID_DEFAULT: &str = "InvalidDefault";
 /// The reason of a [`Problem`] with a `timeout` or `delay.duration` that does not parse.
 pub const INVALID_DURATION: &str = "InvalidDuration";
+/// The reason of a [`Problem`] with a CEL expression (`when`, `where`, `capture`) that does
+/// not compile or reads an unknown variable.
+pub const INVALID_EXPRESSION: &str = "InvalidExpression";
+/// The reason of a [`Problem`] with a reference to the outputs of a stage that is not an
+/// ancestor (a stage this one waits for, directly or through others), or is no stage at all.
+pub const NOT_AN_ANCESTOR: &str = "NotAnAncestor";
 
 /// One thing wrong with a workflow.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,8 +84,9 @@ pub fn check_workflow(spec: &WorkflowSpec) -> Vec<Problem> {
         }
     }
 
-    if let Err(e) = plan(&spec.stages) {
-        let (field, reason) = match &e {
+    let planned = plan(&spec.stages);
+    if let Err(e) = &planned {
+        let (field, reason) = match e {
             DagError::Cycle { .. } => ("spec.stages".to_owned(), DEPENDENCY_CYCLE),
             DagError::UnknownStage { stage, depends_on } => {
                 let at = spec.stages.iter().enumerate().find_map(|(i, s)| {
@@ -103,8 +113,86 @@ pub fn check_workflow(spec: &WorkflowSpec) -> Vec<Problem> {
         problem(field, reason, e.to_string());
     }
 
+    let plan = planned.ok();
+    for (field, message) in amounts::check_templates(spec) {
+        problem(field, TEMPLATE_ERROR, message);
+    }
     for (i, stage) in spec.stages.iter().enumerate() {
         let at = format!("spec.stages[{i}]");
+        // Reads of other stages' outputs, checked below: they must name ancestors.
+        let mut read_list: Vec<(String, Vec<String>)> = Vec::new();
+        let mut reads = |field: String, names: Vec<String>| read_list.push((field, names));
+        if let Some(w) = &stage.when {
+            match Expr::compile(w, STAGE_VARIABLES) {
+                Ok(e) => reads(format!("{at}.when"), e.stages_read()),
+                Err(e) => problem(format!("{at}.when"), INVALID_EXPRESSION, e),
+            }
+        }
+        if let Some(a) = &stage.approval
+            && let Some(m) = &a.message
+        {
+            match Template::compile(m) {
+                Ok(t) => {
+                    reads(
+                        format!("{at}.approval.message"),
+                        t.stages_used().into_iter().map(String::from).collect(),
+                    );
+                    for name in t.params_used().into_iter().filter(|n| !declared(n)) {
+                        problem(
+                            format!("{at}.approval.message"),
+                            UNDECLARED_PARAM,
+                            undeclared(name),
+                        );
+                    }
+                }
+                Err(e) => problem(
+                    format!("{at}.approval.message"),
+                    TEMPLATE_ERROR,
+                    e.to_string(),
+                ),
+            }
+        }
+        if let Some(e) = &stage.expect {
+            match Checks::compile(e) {
+                Ok(c) => {
+                    if let Some(f) = &c.filter {
+                        reads(format!("{at}.expect.where"), f.stages_read());
+                    }
+                    for (k, x) in &c.captures {
+                        reads(format!("{at}.expect.capture.{k}"), x.stages_read());
+                    }
+                }
+                Err((field, e)) => problem(format!("{at}.{field}"), INVALID_EXPRESSION, e),
+            }
+        }
+        let durations = [
+            (
+                "approval.timeout",
+                stage.approval.as_ref().and_then(|a| a.timeout.as_ref()),
+            ),
+            (
+                "expect.timeout",
+                stage.expect.as_ref().and_then(|e| e.timeout.as_ref()),
+            ),
+            (
+                "retryBackoff.duration",
+                stage.retry_backoff.as_ref().map(|b| &b.duration),
+            ),
+            (
+                "retryBackoff.maxDuration",
+                stage
+                    .retry_backoff
+                    .as_ref()
+                    .and_then(|b| b.max_duration.as_ref()),
+            ),
+        ];
+        for (field, d) in durations {
+            if let Some(d) = d
+                && let Err(e) = parse_duration(d)
+            {
+                problem(format!("{at}.{field}"), INVALID_DURATION, e.to_string());
+            }
+        }
         if let Some(t) = &stage.timeout
             && let Err(e) = parse_duration(t)
         {
@@ -119,32 +207,65 @@ pub fn check_workflow(spec: &WorkflowSpec) -> Vec<Problem> {
                 e.to_string(),
             );
         }
-        let Some(publish) = &stage.publish else {
-            continue;
-        };
-        match PublishTemplates::compile(publish) {
-            Err((field, e)) => problem(
-                format!("{at}.publish.{field}"),
-                TEMPLATE_ERROR,
-                e.to_string(),
-            ),
-            Ok(templates) => {
-                for (field, names) in templates.params_by_field() {
-                    for name in names.into_iter().filter(|n| !declared(n)) {
-                        problem(
+        if let Some(publish) = &stage.publish {
+            match PublishTemplates::compile(publish) {
+                Err((field, e)) => problem(
+                    format!("{at}.publish.{field}"),
+                    TEMPLATE_ERROR,
+                    e.to_string(),
+                ),
+                Ok(templates) => {
+                    for (field, names) in templates.stages_by_field() {
+                        reads(
                             format!("{at}.publish.{field}"),
-                            UNDECLARED_PARAM,
-                            format!(
-                                "a template uses {{{{ params.{name} }}}}, but the workflow \
-                                 declares no param {name:?}; add it to spec.params"
-                            ),
+                            names.into_iter().map(String::from).collect(),
                         );
+                    }
+                    for (field, names) in templates.params_by_field() {
+                        for name in names.into_iter().filter(|n| !declared(n)) {
+                            problem(
+                                format!("{at}.publish.{field}"),
+                                UNDECLARED_PARAM,
+                                undeclared(name),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(plan) = &plan {
+            for (field, names) in read_list {
+                for name in names {
+                    if let Some(message) = not_an_ancestor(spec, plan, i, &name) {
+                        problem(field.clone(), NOT_AN_ANCESTOR, message);
                     }
                 }
             }
         }
     }
     problems
+}
+
+fn undeclared(name: &str) -> String {
+    format!(
+        "a template uses {{{{ params.{name} }}}}, but the workflow declares no param {name:?}; \
+         add it to spec.params"
+    )
+}
+
+/// Why stage `i` may not read the outputs of stage `name`, if it may not.
+fn not_an_ancestor(spec: &WorkflowSpec, plan: &Plan, i: usize, name: &str) -> Option<String> {
+    let me = &spec.stages[i].name;
+    match spec.stages.iter().position(|s| s.name == name) {
+        None => Some(format!(
+            "reads stage {name:?}, which is not a stage of this workflow"
+        )),
+        Some(j) if plan.ancestors(i).contains(&j) => None,
+        Some(_) => Some(format!(
+            "reads stage {name:?}, which stage {me:?} does not wait for: a stage can read only \
+             the stages it depends on, directly or through others (add {name:?} to dependsOn)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +410,47 @@ mod tests {
         );
         assert!(p[1].message.contains("\"zone\""));
         assert!(p[2].message.contains("\"tier\""));
+    }
+
+    #[test]
+    fn the_language_checks_name_the_field() {
+        let s = spec(json!({
+            "params": [{ "name": "n", "type": "integer", "default": 1 }],
+            "stages": [
+                { "name": "a", "publish": { "topic": "t", "count": "{{ params.n }}",
+                  "payload": "{{ stages.c.outputs.x }}" } },
+                { "name": "b", "when": "stages.a.outputs.published == '1' && params.n > 0",
+                  "approval": { "message": "go {{ params.m }} {{ stages.a.outputs.published }}",
+                                "timeout": "1 hour" } },
+                { "name": "c", "expect": { "topic": "t", "where": "payload.x == stages.d.phase",
+                  "capture": { "k": "payload.(" }, "timeout": "2m" } },
+                { "name": "d", "dependsOn": [], "when": "params.n >", "expect": { "topic": "t",
+                  "where": "stages.b.outputs.decision == 'Approved'" },
+                  "retries": 1, "retryBackoff": { "duration": "1x" } },
+                { "name": "e", "publish": { "topic": "t", "count": "{{ stages.a.outputs.n }}" } }
+            ]
+        }));
+        assert_eq!(
+            reasons(&check_workflow(&s)),
+            [
+                ("spec.stages[4].publish.count", TEMPLATE_ERROR),
+                ("spec.stages[0].publish.payload", NOT_AN_ANCESTOR),
+                ("spec.stages[1].approval.message", UNDECLARED_PARAM),
+                ("spec.stages[1].approval.timeout", INVALID_DURATION),
+                ("spec.stages[2].expect.capture.k", INVALID_EXPRESSION),
+                ("spec.stages[3].when", INVALID_EXPRESSION),
+                ("spec.stages[3].retryBackoff.duration", INVALID_DURATION),
+                ("spec.stages[3].expect.where", NOT_AN_ANCESTOR),
+            ]
+        );
+        let ok = spec(json!({ "stages": [
+            { "name": "a", "publish": { "topic": "t" } },
+            { "name": "b", "expect": { "topic": "u", "where": "payload.id == stages.a.outputs.published",
+              "capture": { "id": "payload.id" } } },
+            { "name": "c", "when": "stages.b.outputs.id != ''",
+              "publish": { "topic": "v", "payload": "{{ stages.b.outputs.id }}" } }
+        ]}));
+        assert_eq!(check_workflow(&ok), []);
     }
 
     #[test]

@@ -92,6 +92,19 @@ impl Plan {
         &self.deps[i]
     }
 
+    /// The indices of every stage that stage `i` waits for, directly or through others,
+    /// ascending: the stages whose outputs it may read.
+    pub fn ancestors(&self, i: usize) -> Vec<usize> {
+        let mut seen = vec![false; self.len()];
+        let mut todo: Vec<usize> = self.deps[i].clone();
+        while let Some(d) = todo.pop() {
+            if !std::mem::replace(&mut seen[d], true) {
+                todo.extend(&self.deps[d]);
+            }
+        }
+        (0..self.len()).filter(|&j| seen[j]).collect()
+    }
+
     /// The indices of stages not in `started` whose dependencies are all in `succeeded`, in list
     /// order. Both slices are indexed by stage; an index past a slice's end counts as `false`.
     pub fn ready(&self, succeeded: &[bool], started: &[bool]) -> Vec<usize> {
@@ -154,6 +167,21 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ancestors_are_transitive() {
+        let stages: Vec<Stage> = serde_json::from_value(serde_json::json!([
+            {"name": "a", "delay": {"duration": "1s"}},
+            {"name": "b", "delay": {"duration": "1s"}},
+            {"name": "c", "dependsOn": ["a"], "delay": {"duration": "1s"}},
+            {"name": "d", "dependsOn": ["c"], "delay": {"duration": "1s"}}
+        ]))
+        .unwrap();
+        let p = plan(&stages).unwrap();
+        assert_eq!(p.ancestors(3), [0, 2]);
+        assert_eq!(p.ancestors(1), [0]);
+        assert!(p.ancestors(0).is_empty());
+    }
 
     fn stage(name: &str, deps: Option<&[&str]>) -> Stage {
         Stage {

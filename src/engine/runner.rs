@@ -1,32 +1,33 @@
-//! Executes one run of a pinned workflow: stages in list order or as a DAG, publish stages
-//! with many messages in flight, pacing, timeouts, retries, a graceful stop, and resumption
-//! from recorded progress. Kube-free: the controller (and `devset run`) observe it through
-//! [`Observer`].
+//! Executes one run of a pinned workflow: stages in list order or as a DAG, each stage's `when`,
+//! its attempts with timeouts, retries and backoff, `continueOnError`, a graceful stop, outputs
+//! for later stages, and resumption from recorded progress. The actions live in modules of their
+//! own ([`publish`](super::publish), [`delay`](super::delay), [`approval`](super::approval),
+//! [`expect`](super::expect)). Kube-free: the controller (and `devset run`) observe the engine
+//! through [`Observer`] and answer approvals through [`Approvals`].
 
 use crate::{
-    api::{Stage, WorkflowSpec},
-    brokers::{BrokerConfig, BrokerError, Delivery, PendingDelivery, Producer, ProducerOptions},
+    api::{Stage, StagePhase, WorkflowSpec},
+    brokers::{BrokerConfig, BrokerError, Delivery, Producer},
     engine::{
+        approval::{self, ApprovalAsk, Approvals, Verdict},
         dag::{self, Plan},
+        delay,
         duration::parse_duration,
-        template::{PublishTemplates, RunContext, target_of},
+        expect,
+        expr::{Expr, STAGE_VARIABLES, root_scope},
+        outputs::{self, StageResult, Stages},
+        publish,
     },
     message::{Message, Target},
 };
-use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
+use futures::{StreamExt, stream::FuturesUnordered};
 use std::{
     collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
-
-/// Most deliveries one publish stage keeps outstanding; the clients bound this further.
-const MAX_IN_FLIGHT: usize = 50_000;
-
-/// Rendered messages a publish stage keeps for reuse at most.
-const SPARE_MESSAGES: usize = 1_024;
 
 /// What the engine needs to run.
 pub struct RunInput {
@@ -42,17 +43,35 @@ pub struct RunInput {
     pub brokers: BTreeMap<String, BrokerConfig>,
     /// The connector of stages that name none (the run's `spec.connectorRef`).
     pub default_connector: String,
+    /// When the run started (its first execution): where `expect` stages with
+    /// `from: RunStart` begin reading.
+    pub started_at: jiff::Timestamp,
+    /// Where approval stages get their decisions.
+    pub approvals: Arc<dyn Approvals>,
+    /// Cancelled when the run is paused rather than stopped (a controller shutdown: the next
+    /// controller resumes it). The caller cancels `stop` too; this only keeps what outlives an
+    /// execution (the taps of expect stages).
+    pub pause: CancellationToken,
 }
 
 /// What an earlier execution recorded of one stage.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StageResume {
-    /// The stage already succeeded: skip it.
-    pub succeeded: bool,
+    /// The stage had ended: `Succeeded`, `Skipped`, `Inherited`, or `Failed` (with
+    /// `continueOnError`). Such a stage is not executed again; its outputs count.
+    pub finished: Option<StagePhase>,
     /// Messages already acknowledged: continue from the next sequence number.
     pub published: u64,
+    /// Matching messages an expect stage already counted.
+    pub received: u64,
     /// Attempts already made.
     pub attempts: u32,
+    /// When the stage first started.
+    pub started_at: Option<jiff::Timestamp>,
+    /// The stage's outputs.
+    pub outputs: BTreeMap<String, String>,
+    /// The decision recorded on an approval stage.
+    pub decided: Option<Verdict>,
 }
 
 /// How a stage attempt or a stage ended.
@@ -65,12 +84,21 @@ pub enum StageOutcome {
         reason: String,
         message: String,
     },
+    /// Not executed: `when` was false (`ConditionFalse`).
+    Skipped {
+        reason: String,
+        message: String,
+    },
 }
 
 /// How the run ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunOutcome {
     Completed,
+    /// Every stage ended, and these stages (with `continueOnError`) failed.
+    CompletedWithFailures {
+        stages: Vec<String>,
+    },
     Stopped,
     Failed {
         stage: String,
@@ -89,6 +117,14 @@ impl RunOutcome {
                 RunPhase::Completed,
                 "Completed".into(),
                 "every stage succeeded".into(),
+            ),
+            RunOutcome::CompletedWithFailures { stages } => (
+                RunPhase::Completed,
+                "CompletedWithFailures".into(),
+                format!(
+                    "every stage ended; failed (continueOnError): {}",
+                    stages.join(", ")
+                ),
             ),
             RunOutcome::Stopped => (
                 RunPhase::Stopped,
@@ -125,8 +161,25 @@ pub trait Observer: Send + Sync + 'static {
         msg: &Message,
         delivery: &Delivery,
     );
-    /// An attempt failed and the stage will try again.
+    /// An expect stage read a message that matched (`msg.seq` is its number among the
+    /// messages the stage read).
+    fn received(
+        &self,
+        _stage: &str,
+        _connector: &str,
+        _source: &Target,
+        _msg: &Message,
+        _delivery: &Delivery,
+    ) {
+    }
+    /// An approval stage waits for a decision.
+    fn stage_waiting(&self, _stage: &str, _ask: &ApprovalAsk) {}
+    /// An approval stage got its decision.
+    fn stage_decided(&self, _stage: &str, _verdict: &Verdict) {}
+    /// An attempt failed and the stage will try again after `wait`.
     fn stage_retrying(&self, stage: &str, attempt: u32, reason: &str, message: &str);
+    /// The stage's outputs, just before it finishes (not called when it has none).
+    fn stage_outputs(&self, _stage: &str, _outputs: &BTreeMap<String, String>) {}
     /// The stage ended.
     fn stage_finished(&self, stage: &str, outcome: &StageOutcome);
 }
@@ -153,6 +206,20 @@ pub async fn run(
         .keys()
         .map(|k| (k.clone(), OnceCell::new()))
         .collect();
+    let results = input
+        .resume
+        .iter()
+        .filter_map(|(name, r)| {
+            let phase = r.finished?;
+            Some((
+                name.clone(),
+                StageResult {
+                    phase: phase_name(phase).into(),
+                    outputs: r.outputs.clone(),
+                },
+            ))
+        })
+        .collect();
     let shared = Arc::new(Shared {
         input,
         producers,
@@ -160,8 +227,34 @@ pub async fn run(
         // A failing stage stops its siblings through this child, without marking the
         // caller's token as a user's stop.
         stop: stop.child_token(),
+        results: Mutex::new(results),
     });
-    let outcome = drive(&shared, &plan).await;
+    // Taps of exchanges are bound before any stage runs, so nothing published meanwhile is
+    // missed.
+    let outcome = match expect::declare_taps(&shared).await {
+        Ok(()) => drive(&shared, &plan).await,
+        Err((stage, outcome)) => {
+            let StageOutcome::Failed { reason, message } = outcome else {
+                unreachable!("declare_taps fails with Failed")
+            };
+            shared.observer.stage_finished(
+                &stage,
+                &StageOutcome::Failed {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                },
+            );
+            RunOutcome::Failed {
+                stage,
+                reason,
+                message,
+            }
+        }
+    };
+    if !shared.input.pause.is_cancelled() {
+        // The run is over (a paused run keeps its taps for the execution that resumes it).
+        expect::delete_taps(&shared).await;
+    }
     if let Some(shared) = Arc::into_inner(shared) {
         for producer in shared
             .producers
@@ -174,28 +267,81 @@ pub async fn run(
     outcome
 }
 
-struct Shared {
-    input: RunInput,
+/// The phase name a finished stage shows to `stages.NAME.phase`.
+fn phase_name(p: StagePhase) -> &'static str {
+    match p {
+        StagePhase::Pending => "Pending",
+        StagePhase::Running => "Running",
+        StagePhase::WaitingForApproval => "WaitingForApproval",
+        StagePhase::Succeeded => "Succeeded",
+        StagePhase::Failed => "Failed",
+        StagePhase::Stopped => "Stopped",
+        StagePhase::Skipped => "Skipped",
+        StagePhase::Inherited => "Inherited",
+    }
+}
+
+/// What the stages of one run share.
+pub(crate) struct Shared {
+    pub(crate) input: RunInput,
     /// One producer per connector, connected when a stage first needs it.
-    producers: BTreeMap<String, OnceCell<Producer>>,
-    observer: Arc<dyn Observer>,
-    stop: CancellationToken,
+    pub(crate) producers: BTreeMap<String, OnceCell<Producer>>,
+    pub(crate) observer: Arc<dyn Observer>,
+    pub(crate) stop: CancellationToken,
+    /// The finished stages' phases and outputs.
+    pub(crate) results: Mutex<Stages>,
+}
+
+impl Shared {
+    /// The finished stages so far.
+    pub(crate) fn stages(&self) -> Stages {
+        self.results.lock().unwrap().clone()
+    }
+
+    /// The connector a stage names, or the run's.
+    pub(crate) fn connector<'a>(
+        &'a self,
+        named: Option<&'a crate::api::LocalObjectRef>,
+    ) -> &'a str {
+        named.map_or(&self.input.default_connector, |r| &r.name)
+    }
+
+    /// The broker of a connector, or the failure of a stage that names an unresolved one.
+    pub(crate) fn broker(&self, connector: &str) -> Result<&BrokerConfig, StageOutcome> {
+        self.input.brokers.get(connector).ok_or_else(|| {
+            failed(
+                "ConnectorNotFound",
+                format!("BrokerConnector {connector:?} was not resolved"),
+            )
+        })
+    }
+
+    /// The resumed record of a stage.
+    pub(crate) fn resume(&self, stage: &str) -> StageResume {
+        self.input.resume.get(stage).cloned().unwrap_or_default()
+    }
 }
 
 async fn drive(shared: &Arc<Shared>, plan: &Plan) -> RunOutcome {
     let stages = &shared.input.spec.stages;
     let n = plan.len();
-    let mut succeeded = vec![false; n];
+    // Done for the stages that depend on it: succeeded, skipped, inherited, or failed with
+    // continueOnError.
+    let mut done = vec![false; n];
     let mut started = vec![false; n];
+    let mut failed_stages = Vec::new();
     for (i, stage) in stages.iter().enumerate() {
-        if shared
+        if let Some(phase) = shared
             .input
             .resume
             .get(&stage.name)
-            .is_some_and(|r| r.succeeded)
+            .and_then(|r| r.finished)
         {
-            succeeded[i] = true;
+            done[i] = true;
             started[i] = true;
+            if phase == StagePhase::Failed {
+                failed_stages.push(stage.name.clone());
+            }
         }
     }
     let mut running = FuturesUnordered::new();
@@ -203,7 +349,7 @@ async fn drive(shared: &Arc<Shared>, plan: &Plan) -> RunOutcome {
     let mut stopped = false;
     loop {
         if failure.is_none() && !stopped && !shared.stop.is_cancelled() {
-            for i in plan.ready(&succeeded, &started) {
+            for i in plan.ready(&done, &started) {
                 started[i] = true;
                 let shared = shared.clone();
                 running.push(tokio::spawn(async move {
@@ -225,10 +371,15 @@ async fn drive(shared: &Arc<Shared>, plan: &Plan) -> RunOutcome {
                 },
             ),
         };
-        let name = stages.get(i).map(|s| s.name.clone()).unwrap_or_default();
+        let stage = stages.get(i);
+        let name = stage.map(|s| s.name.clone()).unwrap_or_default();
         match outcome {
-            StageOutcome::Succeeded => succeeded[i] = true,
+            StageOutcome::Succeeded | StageOutcome::Skipped { .. } => done[i] = true,
             StageOutcome::Stopped => stopped = true,
+            StageOutcome::Failed { .. } if stage.is_some_and(|s| s.continue_on_error) => {
+                done[i] = true;
+                failed_stages.push(name);
+            }
             StageOutcome::Failed { reason, message } => {
                 if failure.is_none() {
                     failure = Some(RunOutcome::Failed {
@@ -244,21 +395,69 @@ async fn drive(shared: &Arc<Shared>, plan: &Plan) -> RunOutcome {
     }
     if let Some(f) = failure {
         f
-    } else if succeeded.iter().all(|s| *s) {
-        RunOutcome::Completed
+    } else if done.iter().all(|s| *s) {
+        if failed_stages.is_empty() {
+            RunOutcome::Completed
+        } else {
+            RunOutcome::CompletedWithFailures {
+                stages: failed_stages,
+            }
+        }
     } else {
         RunOutcome::Stopped
     }
 }
 
+/// What one attempt of a stage gives: how it ended and its outputs.
+pub(crate) struct Attempt {
+    pub(crate) outcome: StageOutcome,
+    pub(crate) outputs: BTreeMap<String, String>,
+}
+
+impl From<StageOutcome> for Attempt {
+    fn from(outcome: StageOutcome) -> Self {
+        Attempt {
+            outcome,
+            outputs: BTreeMap::new(),
+        }
+    }
+}
+
+/// The per-stage state that lasts across attempts.
+pub(crate) struct StageState {
+    /// Messages published so far (publish stages resume from here).
+    pub(crate) published: u64,
+    /// When the stage first started.
+    pub(crate) started_at: jiff::Timestamp,
+    /// The run's record of the stage from an earlier execution.
+    pub(crate) resume: StageResume,
+    /// Attempts made, this one included.
+    pub(crate) attempt: u32,
+}
+
 async fn run_stage(shared: &Shared, i: usize) -> StageOutcome {
     let stage = &shared.input.spec.stages[i];
-    let resume = shared
-        .input
-        .resume
-        .get(&stage.name)
-        .cloned()
-        .unwrap_or_default();
+    let resume = shared.resume(&stage.name);
+    if let Some(when) = &stage.when {
+        match evaluate_when(shared, when) {
+            Ok(true) => {}
+            Ok(false) => {
+                let skipped = StageOutcome::Skipped {
+                    reason: "ConditionFalse".into(),
+                    message: format!("when is false: {when}"),
+                };
+                return finish(shared, stage, skipped, BTreeMap::new());
+            }
+            Err(e) => {
+                return finish(
+                    shared,
+                    stage,
+                    failed("InvalidCondition", format!("when: {e}")),
+                    BTreeMap::new(),
+                );
+            }
+        }
+    }
     let retries = stage.retries.unwrap_or(0).max(0) as u32;
     let timeout = match stage.timeout.as_deref().map(parse_duration).transpose() {
         Ok(t) => t,
@@ -267,16 +466,26 @@ async fn run_stage(shared: &Shared, i: usize) -> StageOutcome {
                 shared,
                 stage,
                 failed("InvalidDuration", format!("timeout: {e}")),
+                BTreeMap::new(),
             );
         }
     };
-    let mut published = resume.published;
-    let mut attempt = resume.attempts;
+    let backoff = match Backoff::of(stage) {
+        Ok(b) => b,
+        Err(e) => return finish(shared, stage, failed("InvalidDuration", e), BTreeMap::new()),
+    };
+    let mut state = StageState {
+        published: resume.published,
+        started_at: resume.started_at.unwrap_or_else(jiff::Timestamp::now),
+        attempt: resume.attempts,
+        resume,
+    };
     loop {
-        attempt += 1;
+        state.attempt += 1;
+        let attempt = state.attempt;
         shared.observer.stage_started(&stage.name, attempt);
-        let work = attempt_stage(shared, stage, &mut published);
-        let outcome = match timeout {
+        let work = attempt_stage(shared, stage, &mut state);
+        let result = match timeout {
             Some(t) => match tokio::time::timeout(t, work).await {
                 Ok(o) => o,
                 Err(_) => failed(
@@ -285,192 +494,177 @@ async fn run_stage(shared: &Shared, i: usize) -> StageOutcome {
                         "attempt {attempt} did not finish within {}",
                         stage.timeout.as_deref().unwrap_or_default()
                     ),
-                ),
+                )
+                .into(),
             },
             None => work.await,
         };
-        match outcome {
+        match result.outcome {
             StageOutcome::Failed { reason, message }
                 if attempt <= retries && !shared.stop.is_cancelled() =>
             {
                 shared
                     .observer
                     .stage_retrying(&stage.name, attempt, &reason, &message);
-                // A short pause before the next attempt, cut short by a stop.
+                // The pause before the next attempt, cut short by a stop.
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(backoff.wait(attempt)) => {}
                     _ = shared.stop.cancelled() => {}
                 }
             }
-            other => return finish(shared, stage, other),
+            other => return finish(shared, stage, other, result.outputs),
         }
     }
 }
 
-fn finish(shared: &Shared, stage: &Stage, outcome: StageOutcome) -> StageOutcome {
+fn evaluate_when(shared: &Shared, when: &str) -> Result<bool, String> {
+    let expr = Expr::compile(when, STAGE_VARIABLES)?;
+    let scope = root_scope(&shared.input.params, &shared.stages());
+    expr.eval_bool(&scope)
+}
+
+/// The waits between attempts: `retryBackoff`, or 1s each without it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    first: Duration,
+    factor: f64,
+    max: Option<Duration>,
+}
+
+impl Backoff {
+    /// The backoff of a stage, or what is wrong with its `retryBackoff`.
+    pub fn of(stage: &Stage) -> Result<Backoff, String> {
+        let Some(b) = &stage.retry_backoff else {
+            return Ok(Backoff {
+                first: Duration::from_secs(1),
+                factor: 1.0,
+                max: None,
+            });
+        };
+        let first =
+            parse_duration(&b.duration).map_err(|e| format!("retryBackoff.duration: {e}"))?;
+        let max = b
+            .max_duration
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| format!("retryBackoff.maxDuration: {e}"))?;
+        Ok(Backoff {
+            first,
+            factor: b.factor.unwrap_or(2.0).max(1.0),
+            max,
+        })
+    }
+
+    /// The wait after failed attempt number `attempt` (from 1).
+    pub fn wait(&self, attempt: u32) -> Duration {
+        let exp = self.factor.powi(attempt.saturating_sub(1).min(64) as i32);
+        let secs = (self.first.as_secs_f64() * exp).min(86_400.0 * 365.0);
+        let d = Duration::from_secs_f64(secs);
+        self.max.map_or(d, |m| d.min(m))
+    }
+}
+
+fn finish(
+    shared: &Shared,
+    stage: &Stage,
+    outcome: StageOutcome,
+    mut outputs: BTreeMap<String, String>,
+) -> StageOutcome {
+    outputs::bound(&mut outputs);
+    if !outputs.is_empty() {
+        shared.observer.stage_outputs(&stage.name, &outputs);
+    }
+    let phase = match &outcome {
+        StageOutcome::Succeeded => StagePhase::Succeeded,
+        StageOutcome::Stopped => StagePhase::Stopped,
+        StageOutcome::Failed { .. } => StagePhase::Failed,
+        StageOutcome::Skipped { .. } => StagePhase::Skipped,
+    };
+    shared.results.lock().unwrap().insert(
+        stage.name.clone(),
+        StageResult {
+            phase: phase_name(phase).into(),
+            outputs,
+        },
+    );
     shared.observer.stage_finished(&stage.name, &outcome);
     outcome
 }
 
-fn failed(reason: &str, message: impl Into<String>) -> StageOutcome {
+pub(crate) fn failed(reason: &str, message: impl Into<String>) -> StageOutcome {
     StageOutcome::Failed {
         reason: reason.into(),
         message: message.into(),
     }
 }
 
-async fn attempt_stage(shared: &Shared, stage: &Stage, published: &mut u64) -> StageOutcome {
-    if let Some(delay) = &stage.delay {
-        let d = match parse_duration(&delay.duration) {
-            Ok(d) => d,
-            Err(e) => return failed("InvalidDuration", format!("delay.duration: {e}")),
-        };
-        return tokio::select! {
-            _ = tokio::time::sleep(d) => StageOutcome::Succeeded,
-            _ = shared.stop.cancelled() => StageOutcome::Stopped,
-        };
+async fn attempt_stage(shared: &Shared, stage: &Stage, state: &mut StageState) -> Attempt {
+    if let Some(d) = &stage.delay {
+        return delay::run(shared, d).await.into();
     }
-    if stage.publish.is_some() {
-        return publish(shared, stage, published).await;
+    if let Some(p) = &stage.publish {
+        return publish::run(shared, stage, p, state).await;
     }
-    failed("InvalidWorkflow", "the stage has no action")
+    if let Some(a) = &stage.approval {
+        return approval::run(shared, stage, a, state).await;
+    }
+    if let Some(e) = &stage.expect {
+        return expect::run(shared, stage, e, state).await;
+    }
+    failed("InvalidWorkflow", "the stage has no action").into()
 }
 
-async fn publish(shared: &Shared, stage: &Stage, published: &mut u64) -> StageOutcome {
-    let action = stage.publish.as_ref().expect("a publish stage");
-    let input = &shared.input;
-    let templates = match PublishTemplates::compile(action) {
-        Ok(t) => t,
-        Err((field, e)) => return failed("TemplateError", format!("publish.{field}: {e}")),
-    };
-    let ctx = RunContext {
-        run_name: &input.run_name,
-        run_namespace: &input.run_namespace,
-        stage: &stage.name,
-        params: &input.params,
-    };
-    let bound = match templates.bind(&ctx) {
-        Ok(b) => b,
-        Err((field, e)) => return failed("TemplateError", format!("publish.{field}: {e}")),
-    };
-    let total = action.count.max(0) as u64;
-    if *published >= total {
-        return StageOutcome::Succeeded;
-    }
-    let connector = action
-        .connector_ref
-        .as_ref()
-        .map_or(&input.default_connector, |r| &r.name);
-    let (Some(broker), Some(cell)) = (
-        input.brokers.get(connector),
-        shared.producers.get(connector),
-    ) else {
-        return failed(
-            "ConnectorNotFound",
-            format!("BrokerConnector {connector:?} was not resolved"),
-        );
-    };
-    let producer = match cell
-        .get_or_try_init(|| Producer::connect(broker, ProducerOptions::default()))
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => return broker_failure(broker, e),
-    };
-    let target = target_of(action);
-    let interval = action
-        .rate_per_second
-        .filter(|r| *r > 0.0)
-        .map(|r| Duration::from_secs_f64(1.0 / r));
-    let start = Instant::now();
-    let first = *published + 1;
-    let mut in_flight: FuturesUnordered<futures::future::Map<PendingDelivery, _>> =
-        FuturesUnordered::new();
-    let mut error: Option<BrokerError> = None;
-    let observer = &shared.observer;
-    // Messages whose delivery is done, kept to render the next ones into: their buffers are
-    // reused instead of five allocations per message (the allocator was most of the engine's
-    // cost over the raw client's; see README, Benchmarks).
-    let mut spare: Vec<Message> = Vec::new();
-    let on_done = |res: (Message, Result<Delivery, BrokerError>),
-                   published: &mut u64,
-                   error: &mut Option<BrokerError>,
-                   spare: &mut Vec<Message>| {
-        let msg = match res {
-            (msg, Ok(d)) => {
-                *published += 1;
-                observer.published(&stage.name, connector, &target, &msg, &d);
-                msg
-            }
-            (msg, Err(e)) => {
-                if error.is_none() {
-                    *error = Some(e);
-                }
-                msg
-            }
-        };
-        if spare.len() < SPARE_MESSAGES {
-            spare.push(msg);
-        }
-    };
-    for seq in first..=total {
-        if shared.stop.is_cancelled() || error.is_some() {
-            break;
-        }
-        if let Some(iv) = interval {
-            let due = start + iv.mul_f64((seq - first) as f64);
-            if due > Instant::now() + Duration::from_millis(1) {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(due.into()) => {}
-                    _ = shared.stop.cancelled() => break,
-                }
-            }
-        }
-        let mut msg = spare.pop().unwrap_or_default();
-        bound.render_into(seq, &mut msg);
-        // Keep collecting acknowledgements while `send` waits for room: a client may free its
-        // window only as the deliveries already handed out are polled to completion.
-        let sent = {
-            let send = producer.send(&target, &msg);
-            tokio::pin!(send);
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut send => break r,
-                    Some(res) = in_flight.next(), if !in_flight.is_empty() => on_done(res, published, &mut error, &mut spare),
-                }
-            }
-        };
-        match sent {
-            Ok(pending) => in_flight.push(pending.map(move |r| (msg, r))),
-            Err(e) => {
-                error = Some(e);
-                break;
-            }
-        }
-        // Collect what is already acknowledged without waiting; wait only when the window is full.
-        while let Some(Some(res)) = in_flight.next().now_or_never() {
-            on_done(res, published, &mut error, &mut spare);
-        }
-        while in_flight.len() >= MAX_IN_FLIGHT {
-            if let Some(res) = in_flight.next().await {
-                on_done(res, published, &mut error, &mut spare);
-            }
-        }
-    }
-    while let Some(res) = in_flight.next().await {
-        on_done(res, published, &mut error, &mut spare);
-    }
-    if let Some(e) = error {
-        return broker_failure(broker, e);
-    }
-    if *published >= total {
-        StageOutcome::Succeeded
-    } else {
-        StageOutcome::Stopped
-    }
-}
-
-fn broker_failure(broker: &BrokerConfig, e: BrokerError) -> StageOutcome {
+pub(crate) fn broker_failure(broker: &BrokerConfig, e: BrokerError) -> StageOutcome {
     failed(e.reason(), format!("{}: {e}", broker.describe()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(v: serde_json::Value) -> Stage {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn backoff_grows_by_its_factor_up_to_its_max() {
+        let s = stage(serde_json::json!({
+            "name": "a", "retries": 5, "delay": {"duration": "1s"},
+            "retryBackoff": {"duration": "100ms", "factor": 3, "maxDuration": "1s"}
+        }));
+        let b = Backoff::of(&s).unwrap();
+        let waits: Vec<_> = (1..=4).map(|a| b.wait(a).as_millis()).collect();
+        assert_eq!(waits, [100, 300, 900, 1000]);
+        let plain = Backoff::of(&stage(
+            serde_json::json!({"name": "a", "delay": {"duration": "1s"}}),
+        ))
+        .unwrap();
+        assert_eq!(plain.wait(3), Duration::from_secs(1));
+        let doubling = Backoff::of(&stage(serde_json::json!({
+            "name": "a", "retries": 2, "delay": {"duration": "1s"},
+            "retryBackoff": {"duration": "1s"}
+        })))
+        .unwrap();
+        assert_eq!(doubling.wait(3), Duration::from_secs(4));
+        assert!(
+            Backoff::of(&stage(serde_json::json!({
+                "name": "a", "retries": 2, "delay": {"duration": "1s"},
+                "retryBackoff": {"duration": "soon"}
+            })))
+            .unwrap_err()
+            .starts_with("retryBackoff.duration")
+        );
+    }
+
+    #[test]
+    fn completed_with_failures_names_the_stages() {
+        let (phase, reason, message) = RunOutcome::CompletedWithFailures {
+            stages: vec!["a".into(), "c".into()],
+        }
+        .end();
+        assert_eq!(phase, crate::api::RunPhase::Completed);
+        assert_eq!(reason, "CompletedWithFailures");
+        assert_eq!(message, "every stage ended; failed (continueOnError): a, c");
+    }
 }

@@ -12,6 +12,7 @@
 //! | `run.name`, `run.namespace` | the `WorkflowRun`'s name and namespace |
 //! | `stage` | the stage's name |
 //! | `params.NAME` | the run's value of param `NAME`: strings without quotes, other values as JSON text |
+//! | `stages.NAME.outputs.KEY` | output `KEY` of stage `NAME`, an ancestor of this stage (empty when that stage has no such output) |
 //!
 //! Within one message every use of `uuid` (or `now`) gives the same value, so a key and a
 //! payload can carry the same id. There are no escapes: a template cannot contain a literal `{{`
@@ -21,6 +22,7 @@
 //! ([`Template::bind`], which inlines everything but `seq`, `uuid`, `now` and `now_ms`), and
 //! then rendered for every message without allocating beyond the output.
 
+use super::outputs::Stages;
 use crate::api::PublishAction;
 use crate::message::{Message, Target};
 use serde_json::Value;
@@ -40,7 +42,7 @@ pub enum TemplateError {
     /// A placeholder whose variable is not one of the known ones.
     #[error(
         "unknown variable {name:?} at byte {offset}: use seq, uuid, now, now_ms, run.name, \
-         run.namespace, stage or params.NAME"
+         run.namespace, stage, params.NAME or stages.NAME.outputs.KEY"
     )]
     UnknownVariable {
         /// What the placeholder holds, without the surrounding spaces.
@@ -67,6 +69,7 @@ enum Var {
     RunNamespace,
     Stage,
     Param(String),
+    Output { stage: String, key: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +95,8 @@ pub struct RunContext<'a> {
     pub stage: &'a str,
     /// The run's effective params (see [`resolve_params`](super::params::resolve_params)).
     pub params: &'a BTreeMap<String, Value>,
+    /// The finished stages, for `{{ stages.NAME.outputs.KEY }}`.
+    pub stages: &'a Stages,
 }
 
 impl Template {
@@ -123,6 +128,26 @@ impl Template {
         let mut names = Vec::new();
         self.collect_params(&mut names);
         names
+    }
+
+    /// The stages whose outputs the template uses, in order of first use, without repeats.
+    pub fn stages_used(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        for s in &self.segments {
+            if let Segment::Var(Var::Output { stage, .. }) = s
+                && !names.contains(&stage.as_str())
+            {
+                names.push(stage.as_str());
+            }
+        }
+        names
+    }
+
+    /// Renders the template once, for text that is not per message (an approval's message).
+    pub fn render_once(&self, ctx: &RunContext) -> Result<String, TemplateError> {
+        let mut out = String::new();
+        self.bind(ctx)?.render_into(&MessageVars::new(0), &mut out);
+        Ok(out)
     }
 
     fn collect_params<'s>(&'s self, names: &mut Vec<&'s str>) {
@@ -163,6 +188,11 @@ impl Template {
                     Some(Value::Null) => {}
                     Some(v) => push_lit(&mut parts, &v.to_string()),
                 },
+                Segment::Var(Var::Output { stage, key }) => {
+                    if let Some(v) = ctx.stages.get(stage).and_then(|s| s.outputs.get(key)) {
+                        push_lit(&mut parts, v)
+                    }
+                }
                 Segment::Var(Var::Seq) => parts.push(Part::Seq),
                 Segment::Var(Var::Uuid) => parts.push(Part::Uuid),
                 Segment::Var(Var::Now) => parts.push(Part::Now),
@@ -183,16 +213,39 @@ fn parse_var(name: &str, offset: usize) -> Result<Var, TemplateError> {
         "run.name" => Var::RunName,
         "run.namespace" => Var::RunNamespace,
         "stage" => Var::Stage,
-        _ => match name.strip_prefix("params.") {
-            Some(p) if is_param_name(p) => Var::Param(p.to_owned()),
-            _ => {
+        _ => {
+            if let Some(p) = name.strip_prefix("params.")
+                && is_param_name(p)
+            {
+                Var::Param(p.to_owned())
+            } else if let Some((stage, key)) = name
+                .strip_prefix("stages.")
+                .and_then(|r| r.split_once(".outputs."))
+                && is_stage_name(stage)
+                && is_param_name(key)
+            {
+                Var::Output {
+                    stage: stage.to_owned(),
+                    key: key.to_owned(),
+                }
+            } else {
                 return Err(TemplateError::UnknownVariable {
                     name: name.to_owned(),
                     offset,
                 });
             }
-        },
+        }
     })
+}
+
+// A stage name as the CRD allows it: a DNS label.
+fn is_stage_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 // A param name as the CRD allows it: ^[A-Za-z_][A-Za-z0-9_]*$
@@ -364,6 +417,14 @@ impl PublishTemplates {
             .collect()
     }
 
+    /// Each field with the stages whose outputs its template uses.
+    pub(crate) fn stages_by_field(&self) -> Vec<(String, Vec<&str>)> {
+        self.fields()
+            .map(|(f, t)| (f.to_string(), t.stages_used()))
+            .filter(|(_, p)| !p.is_empty())
+            .collect()
+    }
+
     /// The templates with the fields they come from, in the order `compile` reads them.
     fn fields(&self) -> impl Iterator<Item = (Field<'_>, &Template)> {
         let key = self.key.iter().map(|t| (Field::Key, t));
@@ -507,12 +568,50 @@ mod tests {
         .unwrap()
     }
 
+    static NO_STAGES: Stages = Stages::new();
+
+    #[test]
+    fn stage_outputs_render_from_the_finished_stages() {
+        let mut stages = Stages::new();
+        stages.insert(
+            "pay".into(),
+            crate::engine::outputs::StageResult {
+                phase: "Succeeded".into(),
+                outputs: [("lastOrder".to_string(), "o-7".to_string())].into(),
+            },
+        );
+        let params = BTreeMap::new();
+        let t = Template::compile(
+            "{{ stages.pay.outputs.lastOrder }}/{{stages.pay.outputs.none}}/{{ seq }}",
+        )
+        .unwrap();
+        assert_eq!(t.stages_used(), ["pay"]);
+        let c = RunContext {
+            stages: &stages,
+            ..ctx(&params)
+        };
+        let mut out = String::new();
+        t.bind(&c)
+            .unwrap()
+            .render_into(&MessageVars::new(3), &mut out);
+        assert_eq!(out, "o-7//3");
+        assert!(matches!(
+            Template::compile("{{ stages.Pay.outputs.x }}"),
+            Err(TemplateError::UnknownVariable { .. })
+        ));
+        assert!(matches!(
+            Template::compile("{{ stages.pay.phase }}"),
+            Err(TemplateError::UnknownVariable { .. })
+        ));
+    }
+
     fn ctx(params: &BTreeMap<String, Value>) -> RunContext<'_> {
         RunContext {
             run_name: "run-1",
             run_namespace: "team-a",
             stage: "create",
             params,
+            stages: &NO_STAGES,
         }
     }
 
@@ -654,7 +753,7 @@ mod tests {
         assert_eq!(
             Template::compile("{{ nope }}").unwrap_err().to_string(),
             "unknown variable \"nope\" at byte 0: use seq, uuid, now, now_ms, run.name, \
-             run.namespace, stage or params.NAME"
+             run.namespace, stage, params.NAME or stages.NAME.outputs.KEY"
         );
     }
 

@@ -17,7 +17,7 @@ pub use writer::{EventLog, LogMetrics};
 use crate::{
     api::RunPhase,
     brokers::Delivery,
-    engine::runner::StageOutcome,
+    engine::{approval::Verdict, runner::StageOutcome},
     message::{Message, Target},
 };
 use jiff::Timestamp;
@@ -36,8 +36,23 @@ pub const STAGE_COMPLETED: &str = "stage.completed";
 pub const STAGE_FAILED: &str = "stage.failed";
 /// `stage.stopped`: a stop halted the stage.
 pub const STAGE_STOPPED: &str = "stage.stopped";
+/// `stage.skipped`: the stage did not run (`when` was false: reason `ConditionFalse`).
+pub const STAGE_SKIPPED: &str = "stage.skipped";
+/// `stage.waiting`: an approval stage waits for a decision; `message` is its question.
+pub const STAGE_WAITING: &str = "stage.waiting";
+/// `stage.approved`: an approval stage was approved; `user` decided, `message` is the comment.
+pub const STAGE_APPROVED: &str = "stage.approved";
+/// `stage.rejected`: an approval stage was rejected; `user` decided, `message` is the comment.
+pub const STAGE_REJECTED: &str = "stage.rejected";
 /// `message.published`: the broker acknowledged a message.
 pub const MESSAGE_PUBLISHED: &str = "message.published";
+/// `message.received`: an expect stage read a message that matched.
+pub const MESSAGE_RECEIVED: &str = "message.received";
+
+/// Whether events of `kind` are messages: kept up to the per-run cap, counted beyond it.
+pub fn is_message(kind: &str) -> bool {
+    kind == MESSAGE_PUBLISHED || kind == MESSAGE_RECEIVED
+}
 
 /// One event of a run, as stored and as served (the `data:` of an SSE event).
 #[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq)]
@@ -70,7 +85,13 @@ pub struct Event {
     /// A sentence for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Where a message went (`message.published`).
+    /// Who decided an approval (`stage.approved`, `stage.rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The stage's outputs (`stage.completed`, `stage.failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<BTreeMap<String, String>>,
+    /// Where a message went (`message.published`) or came from (`message.received`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<EventTarget>,
     /// The message's sequence number in its stage, from 1.
@@ -187,8 +208,8 @@ impl Event {
         }
     }
 
-    /// The end of a stage: `stage.completed`, `stage.stopped`, or `stage.failed` with its
-    /// reason and message.
+    /// The end of a stage: `stage.completed`, `stage.stopped`, `stage.skipped`, or
+    /// `stage.failed` with its reason and message.
     pub fn stage_finished(run: &RunKey, stage: &str, outcome: &StageOutcome) -> Self {
         match outcome {
             StageOutcome::Succeeded => Event::stage(run, STAGE_COMPLETED, stage),
@@ -198,6 +219,43 @@ impl Event {
                 message: Some(message.clone()),
                 ..Event::stage(run, STAGE_FAILED, stage)
             },
+            StageOutcome::Skipped { reason, message } => Event {
+                reason: Some(reason.clone()),
+                message: Some(message.clone()),
+                ..Event::stage(run, STAGE_SKIPPED, stage)
+            },
+        }
+    }
+
+    /// `stage.approved` or `stage.rejected`: who decided, and their comment.
+    pub fn decided(run: &RunKey, stage: &str, verdict: &Verdict) -> Self {
+        let kind = if verdict.approved {
+            STAGE_APPROVED
+        } else {
+            STAGE_REJECTED
+        };
+        Event {
+            time: verdict.time,
+            user: Some(verdict.user.clone()),
+            message: verdict.comment.clone(),
+            ..Event::stage(run, kind, stage)
+        }
+    }
+
+    /// `message.received`: a message an expect stage read and found matching, its payload cut
+    /// at `max_payload` bytes.
+    pub fn received(
+        run: &RunKey,
+        stage: &str,
+        connector: &str,
+        source: &Target,
+        msg: &Message,
+        delivery: &Delivery,
+        max_payload: usize,
+    ) -> Self {
+        Event {
+            kind: MESSAGE_RECEIVED.to_owned(),
+            ..Event::published(run, stage, connector, source, msg, delivery, max_payload)
         }
     }
 
@@ -532,6 +590,7 @@ pub(crate) fn phase_name(p: RunPhase) -> &'static str {
         RunPhase::Pending => "Pending",
         RunPhase::Running => "Running",
         RunPhase::Stopping => "Stopping",
+        RunPhase::WaitingForApproval => "WaitingForApproval",
         RunPhase::Stopped => "Stopped",
         RunPhase::Completed => "Completed",
         RunPhase::Failed => "Failed",
@@ -543,6 +602,7 @@ pub(crate) fn parse_phase(s: &str) -> Option<RunPhase> {
         RunPhase::Pending,
         RunPhase::Running,
         RunPhase::Stopping,
+        RunPhase::WaitingForApproval,
         RunPhase::Stopped,
         RunPhase::Completed,
         RunPhase::Failed,
@@ -577,7 +637,7 @@ impl RunState {
     /// The event is numbered and its payload cut in place (no copy of the payload); doing
     /// it again, as a retried batch does, gives the same row.
     pub fn admit(&mut self, event: &mut Event, limits: &Limits) -> Option<Row> {
-        if event.kind == MESSAGE_PUBLISHED {
+        if is_message(&event.kind) {
             if self.message_events >= limits.max_message_events {
                 self.dropped += 1;
                 return None;

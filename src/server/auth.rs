@@ -47,6 +47,8 @@ pub enum Verb {
     Get,
     List,
     Patch,
+    /// The custom verb that decides approval stages.
+    Approve,
 }
 
 impl Verb {
@@ -55,6 +57,7 @@ impl Verb {
             Verb::Get => "get",
             Verb::List => "list",
             Verb::Patch => "patch",
+            Verb::Approve => "approve",
         }
     }
 }
@@ -107,6 +110,11 @@ impl Auth {
         }
     }
 
+    /// Whether callers are checked at all (`--auth=kubernetes`).
+    pub fn checks(&self) -> bool {
+        self.mode != AuthMode::None
+    }
+
     /// Checks that the bearer of `headers` may `verb` WorkflowRuns in `namespace` (the run
     /// `name`, when one is named): 401 without a valid token, 403 without the RBAC.
     pub async fn check(
@@ -138,6 +146,12 @@ impl Auth {
             if !reason.is_empty() {
                 msg.push_str(": ");
                 msg.push_str(&reason);
+            }
+            if verb == Verb::Approve {
+                msg.push_str(
+                    " (deciding approvals needs the RBAC verb \"approve\" on \
+                     workflowruns.devset.io, e.g. a RoleBinding to the ClusterRole devset-approver)",
+                );
             }
             return Err(ApiError::forbidden(msg));
         }

@@ -1,7 +1,17 @@
 //! `devset api`: the HTTP API next to the controller (port 8082). It streams each run's event
-//! log over server-sent events, pages and exports it, lists runs from a watch cache, and stops
-//! runs, all as far as the caller's Kubernetes RBAC allows.
+//! log over server-sent events, pages and exports it, lists runs from a watch cache, stops
+//! runs and decides approval stages, all as far as the caller's Kubernetes RBAC allows.
+//!
+//! | route | RBAC verb on `workflowruns.devset.io` |
+//! | --- | --- |
+//! | `GET /api/v1/namespaces/{ns}/workflowruns` | `list` |
+//! | `GET …/workflowruns/{name}` | `get` |
+//! | `POST …/workflowruns/{name}/stop` | `patch` |
+//! | `POST …/workflowruns/{name}/stages/{stage}/approve`, `…/reject` | `approve` (then the stage's `approvers`) |
+//! | `GET …/workflowruns/{name}/events`, `…/events/{seq}` | `get` |
+//! | `GET /api/v1/openapi.json`, `/metrics`, `/healthz`, `/readyz` | none |
 
+mod approval;
 mod auth;
 mod error;
 mod hub;
@@ -70,8 +80,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await?;
     if settings.auth == AuthMode::None {
         warn!(
-            "--auth=none: every caller may read every run's events and stop any run; \
-             for local development only, never expose this port"
+            "--auth=none: every caller may read every run's events, stop any run and decide \
+             any approval (as \"anonymous\"); for local development only, never expose this port"
         );
     }
     let shutdown = CancellationToken::new();

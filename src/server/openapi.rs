@@ -2,6 +2,7 @@
 //! from the Rust types the handlers serialize (schemars), the paths are declared here.
 
 use super::{
+    approval::{Decided, DecisionRequest},
     error::Status,
     routes::{RunList, RunSummary},
 };
@@ -27,6 +28,8 @@ pub fn document() -> Value {
     let runs = generator.subschema_for::<RunList>();
     let event = generator.subschema_for::<Event>();
     let status = generator.subschema_for::<Status>();
+    let decided = generator.subschema_for::<Decided>();
+    let decision_request = generator.subschema_for::<DecisionRequest>();
     let mut schemas: serde_json::Map<String, Value> =
         generator.take_definitions(true).into_iter().collect();
     schemas.insert(
@@ -135,13 +138,48 @@ pub fn document() -> Value {
         "integer",
         "The event's sequence number",
     )]));
+    let mut stage_params = ns_name.clone();
+    stage_params.extend(params(&[(
+        "stage",
+        "path",
+        "string",
+        "The approval stage's name",
+    )]));
+    let decide = |what: &str, verb: &str| -> Value {
+        json!({
+            "summary": format!(
+                "{what} an approval stage that is WaitingForApproval: writes the decision on the \
+                 run (annotation approval.devset.io/STAGE), which the controller records in \
+                 status.stages[].approval (needs the RBAC verb approve on workflowruns, then one of \
+                 the stage's approvers when it has any)"
+            ),
+            "parameters": stage_params,
+            "requestBody": {
+                "required": false,
+                "description": "An optional comment for the record",
+                "content": { "application/json": { "schema": decision_request } },
+            },
+            "responses": with(json!({ "200": { "description": format!("The stage is {verb}"),
+                "content": { "application/json": { "schema": decided } } } }),
+                &[
+                    ("400", "The stage is not an approval stage, or a bad body (a comment \
+                             longer than 1024 characters)"),
+                    ("403", "No RBAC verb approve on workflowruns, or the caller is not one of \
+                             the stage's approvers"),
+                    ("404", "No such run, or no such stage in the run's workflow"),
+                    ("409", "The stage is not waiting for approval (the run has not started, \
+                             has ended, or the stage is in another phase), or it was decided \
+                             already"),
+                ]),
+        })
+    };
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "devset API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Run event logs of devset WorkflowRuns: live over server-sent events, \
-                            paged, exported as CSV; runs listed and stopped. Authenticate with a \
+                            paged, exported as CSV; runs listed and stopped; approval stages decided. Authenticate with a \
                             Kubernetes bearer token; access follows the RBAC on workflowruns.devset.io.",
         },
         "components": {
@@ -175,6 +213,12 @@ pub fn document() -> Value {
                         "content": { "application/json": { "schema": run } } } }),
                         &[("409", "The run has already ended")]),
                 },
+            },
+            "/api/v1/namespaces/{namespace}/workflowruns/{name}/stages/{stage}/approve": {
+                "post": decide("Approve", "approved"),
+            },
+            "/api/v1/namespaces/{namespace}/workflowruns/{name}/stages/{stage}/reject": {
+                "post": decide("Reject", "rejected"),
             },
             "/api/v1/namespaces/{namespace}/workflowruns/{name}/events": {
                 "get": {
@@ -213,6 +257,8 @@ mod tests {
             "/api/v1/namespaces/{namespace}/workflowruns",
             "/api/v1/namespaces/{namespace}/workflowruns/{name}",
             "/api/v1/namespaces/{namespace}/workflowruns/{name}/stop",
+            "/api/v1/namespaces/{namespace}/workflowruns/{name}/stages/{stage}/approve",
+            "/api/v1/namespaces/{namespace}/workflowruns/{name}/stages/{stage}/reject",
             "/api/v1/namespaces/{namespace}/workflowruns/{name}/events",
             "/api/v1/namespaces/{namespace}/workflowruns/{name}/events/{seq}",
         ] {
@@ -225,5 +271,14 @@ mod tests {
             assert!(schemas.contains_key(name), "{name} is defined");
         }
         assert!(schemas.contains_key("Event") && schemas.contains_key("RunSummary"));
+        assert!(schemas.contains_key("Decided") && schemas.contains_key("DecisionRequest"));
+        let approve = &doc["paths"]["/api/v1/namespaces/{namespace}/workflowruns/{name}/stages/{stage}/approve"]
+            ["post"];
+        for code in ["200", "400", "401", "403", "404", "409"] {
+            assert!(
+                approve["responses"].get(code).is_some(),
+                "approve answers {code}"
+            );
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The routes of `devset api`.
 
-use super::{AppState, auth::Verb, error::ApiError, hub::Frame, openapi};
+use super::{AppState, approval, auth::Verb, error::ApiError, hub::Frame, openapi};
 use crate::{
     api::{RunPhase, StageStatus, WorkflowRun},
     events::{Event, RunKey, StoredEvent},
@@ -43,6 +43,14 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .route(base, get(list_runs))
         .route(&format!("{base}/{{name}}"), get(get_run))
         .route(&format!("{base}/{{name}}/stop"), post(stop_run))
+        .route(
+            &format!("{base}/{{name}}/stages/{{stage}}/approve"),
+            post(approval::approve),
+        )
+        .route(
+            &format!("{base}/{{name}}/stages/{{stage}}/reject"),
+            post(approval::reject),
+        )
         .route(&format!("{base}/{{name}}/events"), get(events))
         .route(&format!("{base}/{{name}}/events/{{seq}}"), get(event))
         .route("/api/v1/openapi.json", get(openapi_json))
@@ -236,7 +244,7 @@ fn list_key(run: &WorkflowRun) -> (i64, String) {
     )
 }
 
-fn check_namespace(state: &AppState, ns: &str) -> Result<(), ApiError> {
+pub(super) fn check_namespace(state: &AppState, ns: &str) -> Result<(), ApiError> {
     if crate::watch::serves(&state.namespaces, ns) {
         Ok(())
     } else {
@@ -324,7 +332,7 @@ fn cached_run(state: &AppState, ns: &str, name: &str) -> Option<Arc<WorkflowRun>
     state.runs.get(&ObjectRef::new(name).within(ns))
 }
 
-fn not_found(ns: &str, name: &str) -> ApiError {
+pub(super) fn not_found(ns: &str, name: &str) -> ApiError {
     ApiError::not_found(format!(
         "workflowruns.devset.io {name:?} not found in the namespace {ns:?}"
     ))

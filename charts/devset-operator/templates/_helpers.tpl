@@ -33,6 +33,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The ClusterRole that grants the RBAC verb approve on workflowruns. */}}
+{{- define "devset.approverRoleName" -}}
+{{- default (printf "%s-approver" (include "devset.fullname" .)) .Values.approverRole.name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "devset.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
@@ -50,6 +55,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if and (eq .Values.store.type "postgres") (not .Values.store.postgres.secretRef.name) }}
 {{- fail "store.type=postgres requires store.postgres.secretRef.name: a Secret whose key (store.postgres.secretRef.key, default url) holds postgres://USER:PASSWORD@HOST:PORT/DB" }}
+{{- end }}
+{{- range .Values.approverRole.aggregateTo }}
+{{- if not (has . (list "admin" "edit" "view")) }}
+{{- fail (printf "approverRole.aggregateTo takes admin, edit or view, not %q" .) }}
+{{- end }}
 {{- end }}
 {{- if not (has .Values.api.auth (list "kubernetes" "none")) }}
 {{- fail (printf "api.auth must be kubernetes or none, not %q" .Values.api.auth) }}

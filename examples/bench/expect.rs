@@ -1,0 +1,544 @@
+//! Kafka expect: one `expect` stage reading a whole topic (`from: Earliest`, `count: N`, a
+//! `where` that every message matches), run by the engine in this process, against a raw
+//! rdkafka `BaseConsumer` poll loop with the same fetch settings, reading the same topic in the
+//! same run, alternating the order across repetitions. The topic is filled once, before the
+//! repetitions, by a raw producer with the messages of the Kafka publish part (key `order-N`,
+//! header `source: devset`, payload `{"seq":N,"pad":"xxx…"}`).
+//!
+//! Two rows break the engine's time down: devset's consumer alone (`brokers::Consumer`, what
+//! the stage reads through, without `where`) and the `where` alone (compiled CEL evaluated on
+//! messages in memory, the stage's per-message scope included).
+
+use crate::{
+    Args, Side,
+    kafka::{payload_template, render_raw},
+    procs,
+    stats::{self, Row, Unit, median, thousands},
+};
+use devset::{
+    api::{ExpectAction, ExpectFrom, Stage, WorkflowSpec},
+    brokers::{BrokerConfig, Consumer, Delivery, Source, StartAt},
+    engine::{
+        approval::NoApprovals,
+        expr::{Expr, MESSAGE_VARIABLES, add_message, root_scope},
+        outputs::Stages,
+        runner::{self, Observer, RunInput, RunOutcome, StageOutcome},
+    },
+    message::{Message, Target},
+};
+use rdkafka::{
+    ClientConfig, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer as _},
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
+    producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer},
+};
+use std::{
+    collections::BTreeMap,
+    hint::black_box,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
+
+/// How long one side may take to read the topic before the bench gives up.
+const READ_TIMEOUT: Duration = Duration::from_secs(600);
+/// Distinct messages the `where`-alone measurement cycles through.
+const WHERE_SAMPLES: u64 = 10_000;
+
+/// The fetch settings of both sides: those of src/brokers/kafka_consumer.rs.
+const FETCH: [(&str, &str); 4] = [
+    ("fetch.min.bytes", "1"),
+    ("max.partition.fetch.bytes", "4194304"),
+    ("queued.min.messages", "100000"),
+    ("queued.max.messages.kbytes", "65536"),
+];
+
+pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
+    let bootstrap = Args::env("KAFKA_BOOTSTRAP")?;
+    let n = args.expect_messages();
+    let size = args.expect_size;
+    let wheres = &args.expect_where;
+    anyhow::ensure!(!wheres.is_empty(), "--expect-where: give at least one");
+    for w in wheres {
+        Expr::compile(w, MESSAGE_VARIABLES)
+            .map_err(|e| anyhow::anyhow!("--expect-where {w:?}: {e}"))?;
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()?;
+    let watermarks: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()?;
+    let topic = format!("bench-expect-{size}-{}", std::process::id());
+    admin
+        .create_topics(
+            &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
+    let res = measure(args, &bootstrap, &watermarks, &topic, n, size, wheres).await;
+    if let Err(e) = admin.delete_topics(&[&topic], &AdminOptions::new()).await {
+        eprintln!("[bench] deleting topic {topic}: {e}");
+    }
+    res
+}
+
+async fn measure(
+    args: &Args,
+    bootstrap: &str,
+    watermarks: &BaseConsumer,
+    topic: &str,
+    n: u64,
+    size: usize,
+    wheres: &[String],
+) -> anyhow::Result<Vec<Row>> {
+    wait_for_leaders(watermarks, topic).await?;
+    let (_, pad) = payload_template(size);
+    let took = {
+        let (b, t, p) = (bootstrap.to_string(), topic.to_string(), pad.clone());
+        tokio::task::spawn_blocking(move || fill(&b, &t, n, &p)).await??
+    };
+    let stored = total_messages(watermarks, topic)?;
+    anyhow::ensure!(
+        stored == n as i64,
+        "the topic holds {stored} messages, not {n}"
+    );
+    eprintln!(
+        "[bench] expect: filled {topic} with {} × {size} B in {:.2} s ({} msg/s)",
+        thousands(n),
+        took.as_secs_f64(),
+        thousands((n as f64 / took.as_secs_f64()) as u64)
+    );
+
+    // The sides of one repetition: the raw loop, devset's consumer alone, the engine per
+    // `where`.
+    #[derive(Clone, Copy, Debug)]
+    enum Run {
+        Raw,
+        Consumer,
+        Engine(usize),
+    }
+    let mut sides = Vec::new();
+    if args.sides.contains(&Side::Raw) {
+        sides.push(Run::Raw);
+    }
+    if args.sides.contains(&Side::Engine) {
+        if args.expect_breakdown {
+            sides.push(Run::Consumer);
+        }
+        sides.extend((0..wheres.len()).map(Run::Engine));
+    }
+    anyhow::ensure!(
+        !sides.is_empty(),
+        "--sides: the expect part has raw and engine"
+    );
+    let broker = BrokerConfig::kafka(bootstrap);
+    // Per side (the raw loop, devset's consumer alone, the engine per `where`): the seconds and
+    // the bench process's CPU nanoseconds per message of each repetition.
+    let slot = |r: Run| match r {
+        Run::Raw => 0,
+        Run::Consumer => 1,
+        Run::Engine(i) => 2 + i,
+    };
+    let mut secs = vec![Vec::new(); 2 + wheres.len()];
+    let mut cpu = vec![Vec::new(); 2 + wheres.len()];
+    for rep in 0..args.reps() {
+        let mut order = sides.clone();
+        let k = rep % order.len();
+        order.rotate_left(k);
+        for side in order {
+            let cpu_before = cpu_seconds()?;
+            let (took, what) = match side {
+                Run::Raw => {
+                    let (b, t) = (bootstrap.to_string(), topic.to_string());
+                    let (took, close) =
+                        tokio::task::spawn_blocking(move || raw(&b, &t, n)).await??;
+                    let what = format!("Raw (close {:.0} ms)", close.as_secs_f64() * 1e3);
+                    (took, what)
+                }
+                Run::Consumer => {
+                    let (took, close) = consumer_alone(&broker, topic, n).await?;
+                    let what = format!(
+                        "devset consumer alone (close {:.0} ms)",
+                        close.as_secs_f64() * 1e3
+                    );
+                    (took, what)
+                }
+                Run::Engine(i) => {
+                    let took = engine(&broker, topic, n, &wheres[i]).await?;
+                    (took, format!("Engine, where `{}`", wheres[i]))
+                }
+            };
+            let cpu_ns = (cpu_seconds()? - cpu_before) * 1e9 / n as f64;
+            secs[slot(side)].push(took.as_secs_f64());
+            cpu[slot(side)].push(cpu_ns);
+            eprintln!(
+                "[bench] expect {size} B rep {rep} {what}: {} msg/s ({:.2} s; {cpu_ns:.0} ns CPU per message, load {})",
+                thousands((n as f64 / took.as_secs_f64()) as u64),
+                took.as_secs_f64(),
+                stats::loadavg()
+            );
+        }
+    }
+
+    let per_sec = |v: &[f64]| v.iter().map(|s| n as f64 / s).collect::<Vec<_>>();
+    let case = format!("{} × {size} B, 3 partitions", thousands(n));
+    let with_raw = |row: Row, raw: Vec<f64>| {
+        if raw.is_empty() { row } else { row.raw(raw) }
+    };
+    let raw_rate = per_sec(&secs[0]);
+    let mut rows = Vec::new();
+    for (i, w) in wheres.iter().enumerate() {
+        let (s, c) = (&secs[2 + i], &cpu[2 + i]);
+        if s.is_empty() {
+            continue;
+        }
+        rows.push(with_raw(
+            Row::new("Kafka expect", &case, "msg/s, engine", Unit::PerSec)
+                .values(per_sec(s))
+                .note(format!(
+                    "where `{w}` (every message matches), from: Earliest, count: N; `runner::run`, counting observer; raw: BaseConsumer poll loop, same fetch settings, counts N"
+                )),
+            raw_rate.clone(),
+        ));
+        rows.push(with_raw(
+            Row::new("Kafka expect", &case, "CPU ns/message, engine", Unit::Nanos)
+                .values(c.clone())
+                .note(format!(
+                    "where `{w}`: the bench process's CPU time (all its threads; not the broker's) over N"
+                )),
+            cpu[0].clone(),
+        ));
+    }
+    if !secs[1].is_empty() {
+        rows.push(with_raw(
+            Row::new(
+                "Kafka expect",
+                &case,
+                "msg/s, devset consumer alone",
+                Unit::PerSec,
+            )
+            .values(per_sec(&secs[1]))
+            .note("`brokers::Consumer` open, `next_batch` ×N, close: the stage without `where`"),
+            raw_rate.clone(),
+        ));
+        rows.push(with_raw(
+            Row::new(
+                "Kafka expect",
+                &case,
+                "CPU ns/message, devset consumer alone",
+                Unit::Nanos,
+            )
+            .values(cpu[1].clone()),
+            cpu[0].clone(),
+        ));
+    }
+    if args.sides.contains(&Side::Engine) && args.expect_breakdown {
+        for w in wheres {
+            let (ns, scope_ns) = where_alone(w, n, &pad, args.reps())?;
+            eprintln!(
+                "[bench] expect where `{w}` alone: {:.0} ns per message, of which {scope_ns:.0} ns build the scope (new_inner_scope, add_message)",
+                median(&ns)
+            );
+            rows.push(
+                Row::new("Kafka expect", &case, "ns/message, `where` alone", Unit::Nanos)
+                    .values(ns)
+                    .note(format!(
+                        "`{w}` on messages in memory: the per-message scope (`add_message`) and `eval_bool`"
+                    )),
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// Fills `topic` with messages 1..=n as the raw loop of the Kafka publish part renders them,
+/// through a producer with devset's settings; the time to the last acknowledgement.
+fn fill(bootstrap: &str, topic: &str, n: u64, pad: &str) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("client.id", "raw-fill")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("message.timeout.ms", "60000")
+        .create()?;
+    let (mut key, mut payload) = (String::new(), String::new());
+    for seq in 1..=n {
+        render_raw(seq, pad, &mut key, &mut payload);
+        let mut record = BaseRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(payload.as_bytes())
+            .headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: "source",
+                value: Some("devset".as_bytes()),
+            }));
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => anyhow::bail!("fill: send: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(start.elapsed())
+}
+
+/// The raw loop: a BaseConsumer assigned to every partition from the beginning, polled until it
+/// has seen `n` messages, then closed. Returns the time from creating it to the end of its close
+/// (as the engine's time includes its consumer's close), and the close alone.
+fn raw(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
+    let start = Instant::now();
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("client.id", "raw-expect")
+        .set("group.id", format!("bench-raw-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in FETCH {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    anyhow::ensure!(tpl.count() > 0, "raw: topic {topic} has no partitions");
+    consumer.assign(&tpl)?;
+    let (mut count, mut bytes) = (0u64, 0usize);
+    while count < n {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                count += 1;
+                bytes += m.payload_len();
+            }
+            Some(Err(e)) => eprintln!("[bench] raw consumer: {e}"),
+            None => anyhow::ensure!(
+                start.elapsed() < READ_TIMEOUT,
+                "raw: {count} of {n} messages within {READ_TIMEOUT:?}"
+            ),
+        }
+    }
+    black_box(bytes);
+    let closing = Instant::now();
+    drop(consumer);
+    Ok((start.elapsed(), closing.elapsed()))
+}
+
+/// devset's consumer alone: opened on the topic from the beginning, `next_batch` until `n`
+/// messages, closed. The time from opening to the end of the close, and the close alone.
+async fn consumer_alone(
+    broker: &BrokerConfig,
+    topic: &str,
+    n: u64,
+) -> anyhow::Result<(Duration, Duration)> {
+    let start = Instant::now();
+    let source = Source::Topic {
+        topic: topic.to_string(),
+        from: StartAt::Earliest,
+    };
+    let mut consumer = Consumer::open(broker, &source).await?;
+    let mut batch = Vec::with_capacity(1024);
+    let mut got = 0u64;
+    while got < n {
+        batch.clear();
+        let k = tokio::time::timeout(READ_TIMEOUT, consumer.next_batch(&mut batch, 1024))
+            .await
+            .map_err(|_| anyhow::anyhow!("consumer alone: {got} of {n} messages"))??;
+        got += k as u64;
+        black_box(&batch);
+    }
+    let closing = Instant::now();
+    consumer.close().await;
+    anyhow::ensure!(
+        got == n,
+        "consumer alone: read {got}, more than the {n} there"
+    );
+    Ok((start.elapsed(), closing.elapsed()))
+}
+
+/// Counts the messages the stage matched and keeps its outputs.
+#[derive(Default)]
+struct Matched {
+    received: AtomicU64,
+    outputs: Mutex<BTreeMap<String, String>>,
+}
+
+impl Observer for Matched {
+    fn stage_started(&self, _: &str, _: u32) {}
+    fn published(&self, _: &str, _: &str, _: &Target, _: &Message, _: &Delivery) {}
+    fn received(&self, _: &str, _: &str, _: &Target, _: &Message, _: &Delivery) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+    fn stage_retrying(&self, _: &str, _: u32, _: &str, _: &str) {}
+    fn stage_outputs(&self, _: &str, outputs: &BTreeMap<String, String>) {
+        *self.outputs.lock().unwrap() = outputs.clone();
+    }
+    fn stage_finished(&self, _: &str, _: &StageOutcome) {}
+}
+
+/// Runs one expect stage with the engine; the time of `runner::run` (compiling the checks,
+/// opening the consumer, reading, closing it).
+async fn engine(
+    broker: &BrokerConfig,
+    topic: &str,
+    n: u64,
+    where_: &str,
+) -> anyhow::Result<Duration> {
+    let action = ExpectAction {
+        topic: Some(topic.to_string()),
+        from: Some(ExpectFrom::Earliest),
+        count: (n as i64).into(),
+        where_: Some(where_.to_string()),
+        timeout: Some(format!("{}s", READ_TIMEOUT.as_secs())),
+        ..Default::default()
+    };
+    let input = RunInput {
+        run_name: "bench".into(),
+        run_namespace: "bench".into(),
+        spec: WorkflowSpec {
+            stages: vec![Stage {
+                name: "expect".into(),
+                expect: Some(action),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        params: BTreeMap::new(),
+        resume: BTreeMap::new(),
+        brokers: BTreeMap::from([("b".to_string(), broker.clone())]),
+        default_connector: "b".into(),
+        started_at: jiff::Timestamp::now(),
+        approvals: Arc::new(NoApprovals),
+        pause: CancellationToken::new(),
+    };
+    let observer = Arc::new(Matched::default());
+    let start = Instant::now();
+    let outcome = runner::run(input, observer.clone(), CancellationToken::new()).await;
+    let took = start.elapsed();
+    anyhow::ensure!(
+        outcome == RunOutcome::Completed,
+        "engine expect stage: {outcome:?}"
+    );
+    let matched = observer.received.load(Ordering::Relaxed);
+    let outputs = observer.outputs.lock().unwrap().clone();
+    anyhow::ensure!(
+        matched == n && outputs.get("received") == Some(&n.to_string()),
+        "engine expect stage: {matched} of {n} matched (outputs {outputs:?})"
+    );
+    if outputs.get("read") != Some(&n.to_string()) {
+        eprintln!("[bench] engine expect stage: outputs {outputs:?}");
+    }
+    Ok(took)
+}
+
+/// The nanoseconds per message of `where_` alone, one value per repetition: the stage's
+/// per-message work (a child scope with the message, then `eval_bool`) on `n` evaluations over
+/// [`WHERE_SAMPLES`] messages rendered as the topic's. Also the part of it that only builds the
+/// scope (`new_inner_scope` and `add_message`), the median over the repetitions.
+fn where_alone(where_: &str, n: u64, pad: &str, reps: usize) -> anyhow::Result<(Vec<f64>, f64)> {
+    let expr = Expr::compile(where_, MESSAGE_VARIABLES).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let root = root_scope(&BTreeMap::new(), &Stages::new());
+    let parse = expr.reads_payload();
+    let msgs: Vec<Message> = (1..=WHERE_SAMPLES.min(n))
+        .map(|seq| {
+            let (mut key, mut payload) = (String::new(), String::new());
+            render_raw(seq, pad, &mut key, &mut payload);
+            Message {
+                seq,
+                key: Some(key),
+                headers: vec![("source".into(), "devset".into())],
+                payload,
+                routing_key: None,
+            }
+        })
+        .collect();
+    let msg = |i: u64| &msgs[(i % msgs.len() as u64) as usize];
+    let (mut total, mut scope_only) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let start = Instant::now();
+        for i in 0..n {
+            let mut scope = root.new_inner_scope();
+            add_message(&mut scope, msg(i), parse);
+            black_box(&scope);
+        }
+        scope_only.push(start.elapsed().as_nanos() as f64 / n as f64);
+        let start = Instant::now();
+        for i in 0..n {
+            let msg = msg(i);
+            let mut scope = root.new_inner_scope();
+            add_message(&mut scope, msg, parse);
+            let matched = expr
+                .eval_bool(&scope)
+                .map_err(|e| anyhow::anyhow!("where `{where_}` on message {}: {e}", msg.seq))?;
+            anyhow::ensure!(
+                matched,
+                "where `{where_}` does not match message {}",
+                msg.seq
+            );
+        }
+        total.push(start.elapsed().as_nanos() as f64 / n as f64);
+    }
+    Ok((total, median(&scope_only)))
+}
+
+/// The CPU time of this process so far (all its threads), from `/proc/self/stat`.
+fn cpu_seconds() -> anyhow::Result<f64> {
+    let s = procs::sample(std::process::id())
+        .ok_or_else(|| anyhow::anyhow!("cannot read /proc/self/stat"))?;
+    // /proc counts in USER_HZ, which is 100 on Linux.
+    Ok(s.cpu_ticks as f64 / 100.0)
+}
+
+/// Waits until every partition of a new topic has a leader (its watermarks can be read).
+async fn wait_for_leaders(c: &BaseConsumer, topic: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        match total_messages(c, topic) {
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed() > Duration::from_secs(30) => {
+                return Err(e.context(format!("topic {topic} has no leaders after 30 s")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Messages in all partitions of `topic` (the sum of the high watermarks).
+fn total_messages(c: &BaseConsumer, topic: &str) -> anyhow::Result<i64> {
+    tokio::task::block_in_place(|| {
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let mut sum = 0;
+        for t in md.topics() {
+            anyhow::ensure!(
+                !t.partitions().is_empty(),
+                "topic {topic}: no partitions yet"
+            );
+            for p in t.partitions() {
+                anyhow::ensure!(p.leader() >= 0, "topic {topic}: a partition has no leader");
+                let (lo, hi) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                sum += hi - lo;
+            }
+        }
+        Ok(sum)
+    })
+}

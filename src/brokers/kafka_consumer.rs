@@ -1,0 +1,645 @@
+//! The Kafka side of [`super::Consumer`]: an rdkafka `BaseConsumer` assigned to every partition
+//! of a topic at resolved offsets, polled on a thread of its own that converts the messages and
+//! hands them over in batches through a bounded channel, so that the async side wakes up once
+//! per batch rather than once per message.
+//!
+//! The consumer has a throwaway `group.id` (librdkafka needs one to assign partitions) but never
+//! joins the group and never commits or stores offsets.
+
+use super::{
+    BrokerError, Delivery, KafkaConfig,
+    consumer::{Received, StartAt, lossy},
+    kafka::{Context, classify_request_error, client_config, is_auth_code},
+};
+use crate::message::Message;
+use rdkafka::{
+    ClientConfig, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer as _, ConsumerContext},
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{BorrowedMessage, Headers as _, Message as _},
+};
+use std::{
+    collections::VecDeque,
+    sync::mpsc as std_mpsc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+use tokio::sync::mpsc;
+
+impl ConsumerContext for Context {}
+
+/// How long the requests of `open` (metadata, offsets) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the polling thread waits for a message before checking whether it should stop.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// At most this many messages per batch the polling thread hands over.
+const THREAD_BATCH: usize = 1024;
+/// At most this many batches waiting to be taken; the polling thread waits when they are there
+/// (and librdkafka's own prefetch queue fills up behind it).
+const CHANNEL_BATCHES: usize = 8;
+/// How long `close` waits for the polling thread to stop.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Batch = Result<Vec<Received>, BrokerError>;
+
+/// The rdkafka settings of an expect consumer: the producer's connection and security settings,
+/// no commits, and fetch settings for throughput.
+pub(super) fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut c = client_config(cfg);
+    c.set("client.id", "devset-expect")
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("allow.auto.create.topics", "false")
+        // A resolved offset that is out of range (the topic was recreated, retention removed
+        // it) starts over at the beginning rather than skipping messages.
+        .set("auto.offset.reset", "earliest")
+        // Answer a fetch as soon as there is a byte; take up to 4 MiB per partition per fetch
+        // and keep up to 64 MiB prefetched (librdkafka's default), so that the broker thread
+        // keeps fetching while the polling thread converts.
+        .set("fetch.min.bytes", "1")
+        .set("max.partition.fetch.bytes", "4194304")
+        .set("queued.min.messages", "100000")
+        .set("queued.max.messages.kbytes", "65536");
+    if let Ok(extra) = std::env::var("DEVSET_ADHOC_KAFKA_CFG") {
+        for kv in extra.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap();
+            c.set(k, v);
+        }
+    }
+    c
+}
+
+/// A consumer group id no one else has: `devset-expect-<uuid>`.
+fn throwaway_group_id() -> String {
+    format!("devset-expect-{}", uuid::Uuid::new_v4())
+}
+
+/// See [`super::Consumer`].
+pub(super) struct ThreadConsumer {
+    rx: mpsc::Receiver<Batch>,
+    /// What the last batch had beyond the `max` of a call.
+    leftover: VecDeque<Received>,
+    /// An error the polling thread reported after some messages: returned once they are taken.
+    pending_error: Option<BrokerError>,
+    /// Emptied batch vectors going back to the polling thread to be filled again.
+    spare: std_mpsc::Sender<Vec<Received>>,
+    thread: Option<JoinHandle<()>>,
+    topic: String,
+}
+
+impl ThreadConsumer {
+    pub(super) async fn open_thread(
+        consumer: BaseConsumer<Context>,
+        topic: &str,
+    ) -> Result<ThreadConsumer, BrokerError> {
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        let (spare_tx, spare_rx) = std_mpsc::channel();
+        let thread_topic = topic.to_string();
+        let thread = std::thread::Builder::new()
+            .name("devset-expect".into())
+            .spawn(move || poll_loop(consumer, &thread_topic, tx, spare_rx))
+            .map_err(|e| BrokerError::Other(format!("starting the consumer thread: {e}")))?;
+        Ok(ThreadConsumer {
+            rx,
+            leftover: VecDeque::new(),
+            pending_error: None,
+            spare: spare_tx,
+            thread: Some(thread),
+            topic: topic.to_string(),
+        })
+    }
+
+    pub(super) async fn next_batch(
+        &mut self,
+        out: &mut Vec<Received>,
+        max: usize,
+    ) -> Result<usize, BrokerError> {
+        if self.leftover.is_empty() {
+            if let Some(e) = self.pending_error.take() {
+                return Err(e);
+            }
+            // The only await: a channel receive, which is cancel-safe. Everything after it is
+            // synchronous, so a batch is either still in the channel or taken whole.
+            match self.rx.recv().await {
+                Some(Ok(batch)) => self.leftover = VecDeque::from(batch),
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(BrokerError::Other(format!(
+                        "the consumer of topic {} stopped",
+                        self.topic
+                    )));
+                }
+            }
+        }
+        let mut n = 0;
+        loop {
+            let k = self.leftover.len().min(max - n);
+            out.extend(self.leftover.drain(..k));
+            n += k;
+            if !self.leftover.is_empty() {
+                break;
+            }
+            // Give the emptied vector back to the thread for a later batch.
+            let _ = self
+                .spare
+                .send(Vec::from(std::mem::take(&mut self.leftover)));
+            if n == max {
+                break;
+            }
+            // Take more of what is already there, without waiting.
+            match self.rx.try_recv() {
+                Ok(Ok(batch)) => self.leftover = VecDeque::from(batch),
+                Ok(Err(e)) => {
+                    self.pending_error = Some(e);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(n)
+    }
+
+    pub(super) async fn close(mut self) {
+        // Closing the channel tells the thread to stop; it drops the consumer there.
+        self.rx.close();
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                tokio::task::spawn_blocking(move || thread.join()),
+            )
+            .await;
+            if !matches!(joined, Ok(Ok(Ok(())))) {
+                tracing::warn!(topic = %self.topic, "the Kafka consumer thread did not stop cleanly");
+            }
+        }
+    }
+}
+
+
+pub(super) enum KafkaConsumer {
+    Thread(ThreadConsumer),
+    Inline(InlineConsumer),
+}
+
+impl KafkaConsumer {
+    pub(super) async fn open(
+        cfg: &KafkaConfig,
+        topic: &str,
+        from: StartAt,
+    ) -> Result<KafkaConsumer, BrokerError> {
+        let ctx = Context::new(cfg);
+        let consumer: BaseConsumer<Context> = consumer_config(cfg, &throwaway_group_id())
+            .create_with_context(ctx.clone())
+            .map_err(|e| BrokerError::Other(ctx.scrub(format!("Kafka consumer: {e}"))))?;
+        let topic_name = topic.to_string();
+        let consumer = tokio::task::spawn_blocking(move || {
+            position(&consumer, &ctx, &topic_name, from)?;
+            Ok::<_, BrokerError>(consumer)
+        })
+        .await
+        .map_err(|e| BrokerError::Other(format!("opening a consumer of topic {topic}: {e}")))??;
+        if std::env::var("DEVSET_ADHOC_KAFKA_MODE").as_deref() == Ok("thread") {
+            Ok(KafkaConsumer::Thread(ThreadConsumer::open_thread(consumer, topic).await?))
+        } else {
+            Ok(KafkaConsumer::Inline(InlineConsumer::new(consumer, topic)))
+        }
+    }
+
+    pub(super) async fn next_batch(
+        &mut self,
+        out: &mut Vec<Received>,
+        max: usize,
+    ) -> Result<usize, BrokerError> {
+        match self {
+            KafkaConsumer::Thread(c) => c.next_batch(out, max).await,
+            KafkaConsumer::Inline(c) => c.next_batch(out, max).await,
+        }
+    }
+
+    pub(super) async fn close(self) {
+        match self {
+            KafkaConsumer::Thread(c) => c.close().await,
+            KafkaConsumer::Inline(c) => c.close().await,
+        }
+    }
+}
+
+pub(super) struct InlineConsumer {
+    /// `None` once closed.
+    consumer: Option<BaseConsumer<Context>>,
+    nonempty: std::sync::Arc<tokio::sync::Notify>,
+    seq: u64,
+    pending_error: Option<BrokerError>,
+    topic: String,
+}
+
+impl InlineConsumer {
+    fn new(mut consumer: BaseConsumer<Context>, topic: &str) -> InlineConsumer {
+        let nonempty = std::sync::Arc::new(tokio::sync::Notify::new());
+        let notify = nonempty.clone();
+        consumer.set_nonempty_callback(move || notify.notify_one());
+        InlineConsumer {
+            consumer: Some(consumer),
+            nonempty,
+            seq: 0,
+            pending_error: None,
+            topic: topic.to_string(),
+        }
+    }
+
+    pub(super) async fn next_batch(
+        &mut self,
+        out: &mut Vec<Received>,
+        max: usize,
+    ) -> Result<usize, BrokerError> {
+        if let Some(e) = self.pending_error.take() {
+            return Err(e);
+        }
+        loop {
+            let n = self.drain(out, max)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            tokio::select! {
+                _ = self.nonempty.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<Received>, max: usize) -> Result<usize, BrokerError> {
+        let Some(consumer) = &self.consumer else {
+            return Err(BrokerError::Other("the consumer is closed".into()));
+        };
+        let mut n = 0;
+        while n < max {
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => {
+                    self.seq += 1;
+                    out.push(convert(&m, self.seq));
+                    n += 1;
+                }
+                Some(Err(e)) => {
+                    if let Some(e) = fatal(e, &self.topic, consumer) {
+                        if n == 0 {
+                            return Err(e);
+                        }
+                        self.pending_error = Some(e);
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+
+    pub(super) async fn close(mut self) {
+        if let Some(c) = self.consumer.take() {
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                tokio::task::spawn_blocking(move || drop(c)),
+            )
+            .await;
+        }
+    }
+}
+
+impl Drop for InlineConsumer {
+    fn drop(&mut self) {
+        if let Some(c) = self.consumer.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn_blocking(move || drop(c));
+        }
+    }
+}
+
+/// Resolves the start offset of every partition of `topic` and assigns them.
+fn position(
+    consumer: &BaseConsumer<Context>,
+    ctx: &Context,
+    topic: &str,
+    from: StartAt,
+) -> Result<(), BrokerError> {
+    let partitions = partitions(consumer, ctx, topic)?;
+    let mut assignment = TopicPartitionList::with_capacity(partitions.len());
+    match from {
+        StartAt::Earliest => {
+            for &p in &partitions {
+                add(&mut assignment, topic, p, Offset::Beginning)?;
+            }
+        }
+        StartAt::Latest => {
+            for (p, end) in end_offsets(consumer, ctx, topic, &partitions)? {
+                add(&mut assignment, topic, p, Offset::Offset(end))?;
+            }
+        }
+        StartAt::Time(t) => {
+            // The ends first: a partition with nothing at or after `t` starts where it ended
+            // before the lookup, so that nothing produced meanwhile is missed.
+            let ends = end_offsets(consumer, ctx, topic, &partitions)?;
+            let by_time = offsets_for(
+                consumer,
+                ctx,
+                topic,
+                &partitions,
+                Offset::Offset(t.as_millisecond()),
+            )?;
+            for (p, offset) in start_offsets(&ends, &by_time) {
+                add(&mut assignment, topic, p, offset)?;
+            }
+        }
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| classify_request_error(e, ctx, &format!("assigning topic {topic}")))
+}
+
+fn add(
+    tpl: &mut TopicPartitionList,
+    topic: &str,
+    partition: i32,
+    offset: Offset,
+) -> Result<(), BrokerError> {
+    tpl.add_partition_offset(topic, partition, offset)
+        .map_err(|e| BrokerError::Other(format!("topic {topic} partition {partition}: {e}")))
+}
+
+/// Where each partition starts for [`StartAt::Time`]: the offset found by time, or the end
+/// offset where none was found (`Offset::End` from the lookup).
+fn start_offsets(ends: &[(i32, i64)], by_time: &[(i32, Offset)]) -> Vec<(i32, Offset)> {
+    ends.iter()
+        .map(|&(p, end)| {
+            let found = by_time.iter().find(|(q, _)| *q == p).map(|(_, o)| *o);
+            match found {
+                Some(Offset::Offset(o)) if o >= 0 => (p, Offset::Offset(o)),
+                _ => (p, Offset::Offset(end)),
+            }
+        })
+        .collect()
+}
+
+/// The partition ids of `topic`; a topic that does not exist is [`BrokerError::NotFound`].
+fn partitions(
+    consumer: &BaseConsumer<Context>,
+    ctx: &Context,
+    topic: &str,
+) -> Result<Vec<i32>, BrokerError> {
+    let deadline = Instant::now() + OPEN_TIMEOUT;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), OPEN_TIMEOUT)
+            .map_err(|e| classify_request_error(e, ctx, &format!("metadata of topic {topic}")))?;
+        let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Err(BrokerError::NotFound(format!("topic {topic}")));
+        };
+        let code = t.error().map(RDKafkaErrorCode::from);
+        match code {
+            None if !t.partitions().is_empty() => {
+                return Ok(t.partitions().iter().map(|p| p.id()).collect());
+            }
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                return Err(BrokerError::NotFound(format!("topic {topic}")));
+            }
+            Some(c) if is_auth_code(c) => {
+                return Err(BrokerError::AuthFailed(format!("topic {topic}: {c}")));
+            }
+            // A topic just created may have no leader yet: ask again for a while.
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            None => {
+                return Err(BrokerError::Other(format!(
+                    "topic {topic} has no partitions"
+                )));
+            }
+            Some(c) => {
+                return Err(BrokerError::Other(format!(
+                    "metadata of topic {topic}: {c}"
+                )));
+            }
+        }
+    }
+}
+
+/// The end offset of each partition (the last stable offset under `read_committed`), with one
+/// `ListOffsets` request.
+fn end_offsets(
+    consumer: &BaseConsumer<Context>,
+    ctx: &Context,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<Vec<(i32, i64)>, BrokerError> {
+    offsets_for(consumer, ctx, topic, partitions, Offset::End)?
+        .into_iter()
+        .map(|(p, o)| match o {
+            Offset::Offset(o) => Ok((p, o)),
+            other => Err(BrokerError::Other(format!(
+                "topic {topic} partition {p}: no end offset ({other:?})"
+            ))),
+        })
+        .collect()
+}
+
+/// `ListOffsets` for every partition: `query` is a timestamp (`Offset::Offset(ms)`) or
+/// `Offset::End` for the end offsets.
+fn offsets_for(
+    consumer: &BaseConsumer<Context>,
+    ctx: &Context,
+    topic: &str,
+    partitions: &[i32],
+    query: Offset,
+) -> Result<Vec<(i32, Offset)>, BrokerError> {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for &p in partitions {
+        add(&mut tpl, topic, p, query)?;
+    }
+    let what = match query {
+        Offset::End => format!("end offsets of topic {topic}"),
+        _ => format!("offsets by time of topic {topic}"),
+    };
+    let found = consumer
+        .offsets_for_times(tpl, OPEN_TIMEOUT)
+        .map_err(|e| classify_request_error(e, ctx, &what))?;
+    found
+        .elements()
+        .iter()
+        .map(|e| match e.error() {
+            Ok(()) => Ok((e.partition(), e.offset())),
+            Err(err) => Err(classify_request_error(
+                err,
+                ctx,
+                &format!("{what}, partition {}", e.partition()),
+            )),
+        })
+        .collect()
+}
+
+/// The polling thread: fills batches from the consumer and sends them until the receiver is
+/// gone or a fatal error happens.
+fn poll_loop(
+    consumer: BaseConsumer<Context>,
+    topic: &str,
+    tx: mpsc::Sender<Batch>,
+    spare: std_mpsc::Receiver<Vec<Received>>,
+) {
+    let mut seq = 0u64;
+    'outer: loop {
+        let mut batch = spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(THREAD_BATCH));
+        batch.clear();
+        let mut error = None;
+        // Wait for the first message, checking now and then whether to stop.
+        loop {
+            if tx.is_closed() {
+                break 'outer;
+            }
+            match consumer.poll(IDLE_POLL) {
+                Some(Ok(m)) => {
+                    seq += 1;
+                    batch.push(convert(&m, seq));
+                    break;
+                }
+                Some(Err(e)) => {
+                    if let Some(e) = fatal(e, topic, &consumer) {
+                        error = Some(e);
+                        break;
+                    }
+                }
+                None => {}
+            }
+        }
+        // Take what else is there without waiting.
+        while error.is_none() && batch.len() < THREAD_BATCH {
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => {
+                    seq += 1;
+                    batch.push(convert(&m, seq));
+                }
+                Some(Err(e)) => error = fatal(e, topic, &consumer),
+                None => break,
+            }
+        }
+        if !batch.is_empty() && tx.blocking_send(Ok(batch)).is_err() {
+            break;
+        }
+        if let Some(e) = error {
+            let _ = tx.blocking_send(Err(e));
+            break;
+        }
+    }
+    // Dropping the consumer here (not on a tokio worker) closes it; nothing is committed.
+    drop(consumer);
+}
+
+/// Whether a consume error ends the consumer (an error to report) or is one librdkafka
+/// recovers from by itself (logged).
+fn fatal(e: KafkaError, topic: &str, consumer: &BaseConsumer<Context>) -> Option<BrokerError> {
+    let code = e.rdkafka_error_code();
+    let ctx = consumer.context();
+    match (&e, code) {
+        (_, Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)) => {
+            Some(BrokerError::NotFound(format!("topic {topic}")))
+        }
+        (_, Some(c)) if is_auth_code(c) => Some(BrokerError::AuthFailed(
+            ctx.scrub(format!("reading topic {topic}: {e}")),
+        )),
+        (KafkaError::MessageConsumptionFatal(_), _) => Some(BrokerError::Other(
+            ctx.scrub(format!("reading topic {topic}: {e}")),
+        )),
+        _ => {
+            tracing::debug!(topic, error = %ctx.scrub(e.to_string()), "Kafka consumer error; retrying");
+            None
+        }
+    }
+}
+
+fn convert(m: &BorrowedMessage<'_>, seq: u64) -> Received {
+    let headers = match m.headers() {
+        Some(h) => h
+            .iter()
+            .map(|h| (h.key.to_string(), h.value.map(lossy).unwrap_or_default()))
+            .collect(),
+        None => Vec::new(),
+    };
+    Received {
+        msg: Message {
+            seq,
+            key: m.key().map(lossy),
+            headers,
+            payload: m.payload().map(lossy).unwrap_or_default(),
+            routing_key: None,
+        },
+        delivery: Delivery {
+            partition: Some(m.partition()),
+            offset: Some(m.offset()),
+            delivery_tag: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{KafkaSecurityProtocol, SaslMechanism};
+    use crate::brokers::{SaslCredentials, TlsMaterial};
+
+    #[test]
+    fn the_consumer_shares_the_producer_security_settings_and_never_commits() {
+        let cfg = KafkaConfig {
+            bootstrap_servers: "k:9093".into(),
+            security_protocol: KafkaSecurityProtocol::SaslSsl,
+            sasl: Some(SaslCredentials {
+                mechanism: SaslMechanism::ScramSha256,
+                username: "u".into(),
+                password: "p".into(),
+            }),
+            tls: TlsMaterial {
+                ca_pem: Some("CA".into()),
+                insecure_skip_verify: true,
+                ..Default::default()
+            },
+        };
+        let group = throwaway_group_id();
+        assert!(group.starts_with("devset-expect-"), "{group}");
+        assert_ne!(group, throwaway_group_id());
+        let c = consumer_config(&cfg, &group);
+        let producer = client_config(&cfg);
+        // (config_map masks the secrets: compare with get.)
+        for k in producer.config_map().keys() {
+            if *k != "client.id" {
+                assert_eq!(c.get(k), producer.get(k), "{k}");
+            }
+        }
+        for (k, v) in [
+            ("group.id", group.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-256"),
+            ("ssl.ca.pem", "CA"),
+        ] {
+            assert_eq!(c.get(k), Some(v), "{k}");
+        }
+    }
+
+    #[test]
+    fn partitions_without_a_message_at_the_time_start_at_their_end() {
+        let ends = [(0, 10), (1, 20), (2, 30)];
+        let by_time = [
+            (0, Offset::Offset(4)),
+            (1, Offset::End),
+            (2, Offset::Offset(30)),
+        ];
+        assert_eq!(
+            start_offsets(&ends, &by_time),
+            vec![
+                (0, Offset::Offset(4)),
+                (1, Offset::Offset(20)),
+                (2, Offset::Offset(30))
+            ]
+        );
+    }
+}

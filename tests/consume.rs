@@ -1,0 +1,1071 @@
+//! The consumer of `expect` stages (`devset::brokers::Consumer`, `declare_tap`, `delete_tap`)
+//! against the real brokers of the test environment. Messages are put on the brokers with
+//! clients independent of the code under test (an rdkafka producer and Kafka's console producer,
+//! lapin and `amqp-publish`), and what is left on them is checked with `tests/bin/` clients and
+//! rdkafka's admin requests.
+
+mod common;
+
+use common::{env, repo, unique};
+use devset::brokers::{
+    BrokerConfig, BrokerError, Consumer, Received, Source, StartAt, declare_tap, delete_tap,
+};
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer as _},
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+fn kafka() -> BrokerConfig {
+    BrokerConfig::kafka(env().var("KAFKA_BOOTSTRAP"))
+}
+
+fn amqp() -> BrokerConfig {
+    BrokerConfig::amqp(env().var("AMQP_URL")).expect("AMQP_URL parses")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka helpers (independent of the code under test)
+
+async fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", env().var("KAFKA_BOOTSTRAP"))
+        .create()
+        .expect("admin client");
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics");
+    for r in res {
+        r.expect("the topic is created");
+    }
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", env().var("KAFKA_BOOTSTRAP"))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("rdkafka producer")
+}
+
+/// One message to produce: partition, key, payload, timestamp (ms; None = now).
+struct Rec {
+    partition: i32,
+    key: String,
+    payload: String,
+    timestamp: Option<i64>,
+}
+
+fn rec(partition: i32, i: usize) -> Rec {
+    Rec {
+        partition,
+        key: format!("k-{i}"),
+        payload: format!("payload {i}"),
+        timestamp: None,
+    }
+}
+
+/// Produces the records (all in flight at once) with an `i` header; panics unless every one is
+/// acknowledged.
+async fn produce(topic: &str, recs: &[Rec]) {
+    let producer = producer();
+    let mut pending = Vec::new();
+    for r in recs {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "i",
+            value: Some(r.payload.as_bytes()),
+        });
+        let mut record = FutureRecord::to(topic)
+            .partition(r.partition)
+            .key(&r.key)
+            .payload(&r.payload)
+            .headers(headers);
+        if let Some(ts) = r.timestamp {
+            record = record.timestamp(ts);
+        }
+        pending.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("enqueue"),
+        );
+    }
+    for p in pending {
+        p.await
+            .expect("delivery report")
+            .map_err(|(e, _)| e)
+            .expect("the broker acknowledges the message");
+    }
+}
+
+/// Sends lines with Kafka's own console producer (`tests/bin/kafka-produce -k`).
+fn console_produce(topic: &str, lines: &[String]) {
+    let mut child = env()
+        .command(repo().join("tests/bin/kafka-produce"))
+        .args(["-k", topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kafka-produce runs");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kafka-produce failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reads until `n` messages were read (panics after `within`), then checks that nothing more
+/// comes for `quiet`.
+async fn read_exactly(
+    c: &mut Consumer,
+    n: usize,
+    within: Duration,
+    quiet: Duration,
+) -> Vec<Received> {
+    let deadline = Instant::now() + within;
+    let mut all = Vec::new();
+    let mut out = Vec::new();
+    while all.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, c.next_batch(&mut out, 1024)).await {
+            Ok(r) => {
+                let k = r.expect("next_batch");
+                assert!(k > 0 && k <= 1024 && k == out.len(), "{k} of {}", out.len());
+                all.append(&mut out);
+            }
+            Err(_) => panic!("read {} of {n} messages within {within:?}", all.len()),
+        }
+    }
+    assert_eq!(all.len(), n, "more than expected");
+    if !quiet.is_zero() {
+        let more = tokio::time::timeout(quiet, c.next_batch(&mut out, 1024)).await;
+        assert!(more.is_err(), "an unexpected message: {out:?}");
+        assert!(out.is_empty());
+    }
+    assert_eq!(c.read(), n as u64);
+    all
+}
+
+fn assert_seq(all: &[Received]) {
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r.msg.seq, i as u64 + 1, "seq in read order");
+    }
+}
+
+/// The groups the broker knows.
+fn group_names() -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", env().var("KAFKA_BOOTSTRAP"))
+        .create()
+        .expect("rdkafka client");
+    let list = c
+        .fetch_group_list(None, Duration::from_secs(10))
+        .expect("ListGroups");
+    list.groups().iter().map(|g| g.name().to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn kafka_from_earliest_reads_every_partition_with_keys_headers_and_offsets() {
+    let topic = unique("it-consume");
+    create_topic(&topic, 3).await;
+    let n = 3000;
+    let recs: Vec<Rec> = (1..=n).map(|i| rec((i % 3) as i32, i)).collect();
+    produce(&topic, &recs).await;
+
+    let source = Source::Topic {
+        topic: topic.clone(),
+        from: StartAt::Earliest,
+    };
+    let mut c = Consumer::open(&kafka(), &source).await.expect("open");
+    let all = read_exactly(
+        &mut c,
+        n,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    c.close().await;
+    assert_seq(&all);
+
+    let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    let mut payloads = BTreeSet::new();
+    for r in &all {
+        let i: usize = r.msg.payload["payload ".len()..].parse().unwrap();
+        assert_eq!(r.msg.key.as_deref(), Some(format!("k-{i}").as_str()));
+        assert_eq!(
+            r.msg.headers,
+            vec![("i".to_string(), r.msg.payload.clone())]
+        );
+        assert_eq!(r.msg.routing_key, None);
+        let partition = r.delivery.partition.expect("a partition");
+        assert_eq!(partition, (i % 3) as i32, "message {i}");
+        assert_eq!(r.delivery.delivery_tag, None);
+        offsets
+            .entry(partition)
+            .or_default()
+            .push(r.delivery.offset.expect("an offset"));
+        payloads.insert(i);
+    }
+    assert_eq!(payloads, (1..=n).collect::<BTreeSet<_>>());
+    assert_eq!(offsets.len(), 3);
+    for (p, o) in offsets {
+        assert_eq!(o, (0..o.len() as i64).collect::<Vec<_>>(), "partition {p}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn kafka_from_latest_reads_only_what_is_produced_after_open() {
+    let topic = unique("it-consume");
+    create_topic(&topic, 2).await;
+    produce(
+        &topic,
+        &(1..=10).map(|i| rec((i % 2) as i32, i)).collect::<Vec<_>>(),
+    )
+    .await;
+
+    let source = Source::Topic {
+        topic: topic.clone(),
+        from: StartAt::Latest,
+    };
+    let mut c = Consumer::open(&kafka(), &source).await.expect("open");
+    // Right after open, with Kafka's own console producer.
+    let lines: Vec<String> = (1..=5).map(|i| format!("after-{i}\tlate {i}")).collect();
+    console_produce(&topic, &lines);
+    let all = read_exactly(
+        &mut c,
+        5,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    c.close().await;
+    assert_seq(&all);
+    let got: BTreeSet<(String, String)> = all
+        .iter()
+        .map(|r| (r.msg.key.clone().unwrap(), r.msg.payload.clone()))
+        .collect();
+    let want: BTreeSet<(String, String)> = (1..=5)
+        .map(|i| (format!("after-{i}"), format!("late {i}")))
+        .collect();
+    assert_eq!(got, want);
+    assert!(all.iter().all(|r| r.msg.headers.is_empty()));
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn kafka_from_a_time_starts_at_the_first_message_at_or_after_it() {
+    let topic = unique("it-consume");
+    create_topic(&topic, 2).await;
+    let now = jiff::Timestamp::now();
+    let old = now.as_millisecond() - 600_000;
+    let recent = now.as_millisecond() - 1_000;
+    // Partition 0: three old messages then two recent ones; partition 1: four old ones only.
+    let mut recs = Vec::new();
+    for i in 1..=3 {
+        recs.push(Rec {
+            timestamp: Some(old + i as i64),
+            ..rec(0, i)
+        });
+    }
+    for i in 4..=5 {
+        recs.push(Rec {
+            timestamp: Some(recent + i as i64),
+            ..rec(0, i)
+        });
+    }
+    for i in 6..=9 {
+        recs.push(Rec {
+            timestamp: Some(old + i as i64),
+            ..rec(1, i)
+        });
+    }
+    produce(&topic, &recs).await;
+
+    let from = jiff::Timestamp::from_millisecond(now.as_millisecond() - 60_000).unwrap();
+    let source = Source::Topic {
+        topic: topic.clone(),
+        from: StartAt::Time(from),
+    };
+    let mut c = Consumer::open(&kafka(), &source).await.expect("open");
+    // Partition 1 had nothing at or after the time: it starts at its end, so this is read.
+    produce(&topic, &[rec(1, 10)]).await;
+    let all = read_exactly(
+        &mut c,
+        3,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    c.close().await;
+    let got: BTreeSet<(i32, i64, String)> = all
+        .iter()
+        .map(|r| {
+            (
+                r.delivery.partition.unwrap(),
+                r.delivery.offset.unwrap(),
+                r.msg.payload.clone(),
+            )
+        })
+        .collect();
+    let want = BTreeSet::from([
+        (0, 3, "payload 4".to_string()),
+        (0, 4, "payload 5".to_string()),
+        (1, 4, "payload 10".to_string()),
+    ]);
+    assert_eq!(got, want);
+
+    // A time after everything: every partition starts at its end.
+    let future = jiff::Timestamp::from_millisecond(now.as_millisecond() + 3_600_000).unwrap();
+    let source = Source::Topic {
+        topic: topic.clone(),
+        from: StartAt::Time(future),
+    };
+    let mut c = Consumer::open(&kafka(), &source).await.expect("open");
+    produce(&topic, &[rec(0, 11)]).await;
+    let all = read_exactly(
+        &mut c,
+        1,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    c.close().await;
+    assert_eq!(all[0].msg.payload, "payload 11");
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn kafka_consumers_join_no_group_and_commit_no_offsets() {
+    let topic = unique("it-consume");
+    create_topic(&topic, 2).await;
+    produce(
+        &topic,
+        &(1..=50).map(|i| rec((i % 2) as i32, i)).collect::<Vec<_>>(),
+    )
+    .await;
+    for from in [StartAt::Earliest, StartAt::Latest] {
+        let source = Source::Topic {
+            topic: topic.clone(),
+            from,
+        };
+        let mut c = Consumer::open(&kafka(), &source).await.expect("open");
+        if from == StartAt::Earliest {
+            read_exactly(&mut c, 50, Duration::from_secs(60), Duration::ZERO).await;
+        }
+        // While it is open, too.
+        let groups = group_names();
+        assert!(
+            !groups.iter().any(|g| g.starts_with("devset-expect")),
+            "{groups:?}"
+        );
+        c.close().await;
+    }
+    // A group with committed offsets is listed (as Empty) after its members left.
+    let groups = group_names();
+    assert!(
+        !groups.iter().any(|g| g.starts_with("devset-expect")),
+        "{groups:?}"
+    );
+    // Kafka's own tool agrees.
+    let out = env().client(
+        "kafka-java",
+        &[
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            env().var("KAFKA_BOOTSTRAP"),
+            "--list",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ConsumerGroupCommand: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("devset-expect"), "{stdout}");
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn kafka_missing_topic_is_not_found_and_is_not_created() {
+    let topic = unique("it-consume-missing");
+    let source = Source::Topic {
+        topic: topic.clone(),
+        from: StartAt::Earliest,
+    };
+    let err = Consumer::open(&kafka(), &source)
+        .await
+        .expect_err("no such topic");
+    assert_eq!(err.reason(), "NotFound", "{err}");
+    assert!(matches!(&err, BrokerError::NotFound(t) if t == &format!("topic {topic}")));
+    assert_eq!(err.to_string(), format!("topic {topic} does not exist"));
+    let count = env().client("kafka-count", &[&topic]);
+    assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "0");
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn kafka_unreachable_broker() {
+    let source = Source::Topic {
+        topic: "t".into(),
+        from: StartAt::Earliest,
+    };
+    let start = Instant::now();
+    let err = Consumer::open(&BrokerConfig::kafka("127.0.0.1:1"), &source)
+        .await
+        .expect_err("nothing listens there");
+    assert_eq!(err.reason(), "Unreachable", "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn kafka_next_batch_dropped_by_timeouts_loses_no_message() {
+    let topic = unique("it-consume");
+    create_topic(&topic, 3).await;
+    let n = 5000;
+    produce(
+        &topic,
+        &(1..=n).map(|i| rec((i % 3) as i32, i)).collect::<Vec<_>>(),
+    )
+    .await;
+    let source = Source::Topic {
+        topic: topic.clone(),
+        from: StartAt::Earliest,
+    };
+    let mut c = Consumer::open(&kafka(), &source).await.expect("open");
+    let (all, dropped) = read_with_cancellations(&mut c, n, 7).await;
+    c.close().await;
+    assert!(dropped > 0, "no next_batch was cancelled");
+    assert_seq(&all);
+    let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in &all {
+        per_partition
+            .entry(r.delivery.partition.unwrap())
+            .or_default()
+            .push(r.delivery.offset.unwrap());
+    }
+    for (p, o) in per_partition {
+        assert_eq!(o, (0..o.len() as i64).collect::<Vec<_>>(), "partition {p}");
+    }
+    let payloads: BTreeSet<String> = all.iter().map(|r| r.msg.payload.clone()).collect();
+    assert_eq!(payloads.len(), n);
+    eprintln!("{n} messages read with {dropped} next_batch calls cancelled");
+}
+
+/// Reads `n` messages, each `next_batch` (of at most `max`) under a timeout of 0 to 250 µs
+/// that often drops it; checks that a dropped call appended nothing. Returns the messages and
+/// how many calls were dropped.
+async fn read_with_cancellations(c: &mut Consumer, n: usize, max: usize) -> (Vec<Received>, u32) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut all = Vec::new();
+    let mut dropped = 0;
+    let mut i = 0u64;
+    let stop = tokio_util::sync::CancellationToken::new();
+    while all.len() < n {
+        assert!(Instant::now() < deadline, "read {} of {n}", all.len());
+        i += 1;
+        let mut out = Vec::new();
+        let wait = Duration::from_micros((i * 7919) % 250);
+        // As the engine uses it: in a select! with a timeout and a stop token.
+        let done = tokio::select! {
+            r = c.next_batch(&mut out, max) => Some(r.expect("next_batch")),
+            _ = tokio::time::sleep(wait) => None,
+            _ = stop.cancelled() => None,
+        };
+        match done {
+            Some(k) => {
+                assert!(k >= 1 && k <= max && k == out.len());
+                all.extend(out);
+            }
+            None => {
+                assert!(out.is_empty(), "a cancelled next_batch appended {out:?}");
+                dropped += 1;
+            }
+        }
+        if i.is_multiple_of(5) {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(all.len(), n);
+    let mut out = Vec::new();
+    let more = tokio::time::timeout(Duration::from_millis(500), c.next_batch(&mut out, max)).await;
+    assert!(more.is_err(), "an extra message: {out:?}");
+    (all, dropped)
+}
+
+// ---------------------------------------------------------------------------------------------
+// RabbitMQ helpers (independent of the code under test)
+
+async fn lapin_channel() -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(
+        env().var("AMQP_URL"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("AMQP connection");
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirm_select");
+    (conn, channel)
+}
+
+async fn declare_queue(ch: &lapin::Channel, queue: &str) {
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("queue_declare");
+}
+
+/// Publishes `payload i` for i in `range`, with the key `k-i` in the `devset.key` header and an
+/// `i` header, and waits for every confirm.
+async fn publish(
+    ch: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    range: std::ops::RangeInclusive<usize>,
+) {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let mut confirms = Vec::new();
+    for i in range {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "devset.key".into(),
+            AMQPValue::LongString(LongString::from(format!("k-{i}"))),
+        );
+        headers.insert("i".into(), AMQPValue::LongLongInt(i as i64));
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                format!("payload {i}").as_bytes(),
+                lapin::BasicProperties::default().with_headers(headers),
+            )
+            .await
+            .expect("basic_publish");
+        confirms.push(confirm);
+    }
+    for c in confirms {
+        let c = c.await.expect("confirm");
+        assert!(c.is_ack());
+        assert!(c.take_message().is_none(), "the message was routed");
+    }
+}
+
+/// `rabbitmq-count QUEUE`: Some(messages), or None when there is no such queue.
+fn queue_count(queue: &str) -> Option<u64> {
+    let out = env().client("rabbitmq-count", &[queue]);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no queue"), "rabbitmq-count: {stderr}");
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a count"),
+    )
+}
+
+fn payload_numbers(all: &[Received]) -> Vec<usize> {
+    all.iter()
+        .map(|r| r.msg.payload["payload ".len()..].parse().unwrap())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// RabbitMQ
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn rabbitmq_queue_is_consumed_and_left_empty() {
+    let queue = unique("it-consume");
+    let (conn, ch) = lapin_channel().await;
+    declare_queue(&ch, &queue).await;
+    let n = 2500;
+    publish(&ch, "", &queue, 1..=n).await;
+    assert_eq!(queue_count(&queue), Some(n as u64));
+
+    let source = Source::Queue {
+        queue: queue.clone(),
+    };
+    let mut c = Consumer::open(&amqp(), &source).await.expect("open");
+    let all = read_exactly(
+        &mut c,
+        n,
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+    )
+    .await;
+    c.close().await;
+    assert_seq(&all);
+    assert_eq!(
+        payload_numbers(&all),
+        (1..=n).collect::<Vec<_>>(),
+        "queue order"
+    );
+    for (i, r) in (1..).zip(&all) {
+        assert_eq!(r.msg.key.as_deref(), Some(format!("k-{i}").as_str()));
+        assert_eq!(r.msg.headers, vec![("i".to_string(), i.to_string())]);
+        assert_eq!(r.msg.routing_key.as_deref(), Some(queue.as_str()));
+        assert!(r.delivery.delivery_tag.is_some());
+        assert_eq!(r.delivery.partition, None);
+    }
+    assert_eq!(queue_count(&queue), Some(0), "every message read was acked");
+    ch.queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .ok();
+    conn.close(200, "done".into()).await.ok();
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn rabbitmq_messages_not_handed_out_stay_in_the_queue() {
+    let queue = unique("it-consume");
+    let (conn, ch) = lapin_channel().await;
+    declare_queue(&ch, &queue).await;
+    publish(&ch, "", &queue, 1..=10).await;
+    let source = Source::Queue {
+        queue: queue.clone(),
+    };
+    let mut c = Consumer::open(&amqp(), &source).await.expect("open");
+    let mut out = Vec::new();
+    let k = tokio::time::timeout(Duration::from_secs(10), c.next_batch(&mut out, 4))
+        .await
+        .expect("a message within 10s")
+        .expect("next_batch");
+    assert!((1..=4).contains(&k), "{k}");
+    assert_eq!(payload_numbers(&out), (1..=k).collect::<Vec<_>>());
+    c.close().await;
+    assert_eq!(queue_count(&queue), Some(10 - k as u64));
+    // The rest is there for an independent client, in order.
+    let rest = env().client("amqp-get", &[&queue, &(10 - k).to_string()]);
+    let rest = String::from_utf8_lossy(&rest.stdout).into_owned();
+    let want: Vec<String> = (k + 1..=10).map(|i| format!("payload {i}")).collect();
+    assert_eq!(rest.lines().collect::<Vec<_>>(), want);
+    ch.queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .ok();
+    conn.close(200, "done".into()).await.ok();
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn rabbitmq_tap_reads_what_is_published_to_the_exchange_and_is_deleted() {
+    let exchange = unique("it-consume-x");
+    let queue = format!("devset.tap.{}", unique("it"));
+    let (conn, ch) = lapin_channel().await;
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("exchange_declare");
+
+    let cfg = amqp();
+    declare_tap(
+        &cfg,
+        &exchange,
+        "orders.*",
+        &queue,
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("declare_tap");
+    // Again, as when a controller resumes the run.
+    declare_tap(
+        &cfg,
+        &exchange,
+        "orders.*",
+        &queue,
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("declare_tap is idempotent");
+    let args = env().client(
+        "rabbitmqctl-env",
+        &[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "durable",
+            "auto_delete",
+            "exclusive",
+            "arguments",
+        ],
+    );
+    let listing = String::from_utf8_lossy(&args.stdout).into_owned();
+    let line = listing
+        .lines()
+        .find(|l| l.split('\t').next() == Some(queue.as_str()))
+        .unwrap_or_else(|| panic!("no tap queue in {listing}"));
+    let fields: Vec<&str> = line.split('\t').collect();
+    assert_eq!(&fields[1..4], ["false", "false", "false"], "{line}");
+    assert!(
+        fields[4].contains("x-expires") && fields[4].contains("600000"),
+        "{line}"
+    );
+
+    // With an independent C client, one message per line; a routing key that does not match.
+    let publish_lines = |routing_key: &str, lines: &str| {
+        let mut child = std::process::Command::new("/usr/bin/amqp-publish")
+            .args([
+                &format!("--url={}", env().var("AMQP_URL")),
+                "-e",
+                &exchange,
+                "-r",
+                routing_key,
+                "-l",
+                "-H",
+                "source: amqp-publish",
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("amqp-publish runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    publish_lines("orders.created", "payload 1\npayload 2\npayload 3\n");
+    publish_lines("payments.settled", "payload 100\n");
+    // And with lapin, keys included.
+    publish(&ch, &exchange, "orders.paid", 4..=6).await;
+
+    let source = Source::Tap {
+        exchange: exchange.clone(),
+        routing_key: "orders.*".into(),
+        queue: queue.clone(),
+    };
+    let mut c = Consumer::open(&cfg, &source).await.expect("open");
+    let all = read_exactly(
+        &mut c,
+        6,
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+    )
+    .await;
+    c.close().await;
+    assert_seq(&all);
+    let payloads: Vec<&str> = all.iter().map(|r| r.msg.payload.as_str()).collect();
+    // amqp-publish -l keeps each line's newline in the body.
+    assert_eq!(
+        payloads,
+        [
+            "payload 1\n",
+            "payload 2\n",
+            "payload 3\n",
+            "payload 4",
+            "payload 5",
+            "payload 6"
+        ]
+    );
+    for r in &all[..3] {
+        assert_eq!(r.msg.routing_key.as_deref(), Some("orders.created"));
+        assert_eq!(r.msg.key, None);
+        assert_eq!(
+            r.msg.headers,
+            vec![("source".to_string(), "amqp-publish".to_string())]
+        );
+    }
+    for r in &all[3..] {
+        assert_eq!(r.msg.routing_key.as_deref(), Some("orders.paid"));
+        assert!(r.msg.key.as_deref().is_some_and(|k| k.starts_with("k-")));
+    }
+    assert_eq!(queue_count(&queue), Some(0));
+
+    delete_tap(&cfg, &queue).await.expect("delete_tap");
+    assert_eq!(queue_count(&queue), None, "the tap queue is gone");
+    delete_tap(&cfg, &queue)
+        .await
+        .expect("deleting a missing tap queue is fine");
+    let err = Consumer::open(&cfg, &source)
+        .await
+        .expect_err("the tap queue is gone");
+    assert_eq!(err.reason(), "NotFound", "{err}");
+    assert_eq!(err.to_string(), format!("queue {queue} does not exist"));
+
+    ch.exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .ok();
+    conn.close(200, "done".into()).await.ok();
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn rabbitmq_missing_exchange_and_queue_are_not_found() {
+    let cfg = amqp();
+    let exchange = unique("it-consume-missing-x");
+    let queue = unique("it-consume-missing-q");
+    let err = declare_tap(&cfg, &exchange, "#", &queue, Duration::from_secs(60))
+        .await
+        .expect_err("no such exchange");
+    assert_eq!(err.reason(), "NotFound", "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("exchange {exchange} does not exist")
+    );
+    assert_eq!(queue_count(&queue), None, "no tap queue was made");
+
+    let err = Consumer::open(
+        &cfg,
+        &Source::Queue {
+            queue: queue.clone(),
+        },
+    )
+    .await
+    .expect_err("no such queue");
+    assert_eq!(err.reason(), "NotFound", "{err}");
+    assert_eq!(err.to_string(), format!("queue {queue} does not exist"));
+    assert_eq!(queue_count(&queue), None, "the queue was not created");
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn rabbitmq_bad_credentials_are_auth_failed_without_the_password() {
+    let mut url = url::Url::parse(env().var("AMQP_URL")).unwrap();
+    url.set_password(Some("wrong-password-x")).unwrap();
+    let bad = BrokerConfig::amqp(url.as_str()).unwrap();
+    let source = Source::Queue { queue: "q".into() };
+    let err = Consumer::open(&bad, &source)
+        .await
+        .expect_err("wrong password");
+    assert_eq!(err.reason(), "AuthFailed", "{err}");
+    let err2 = declare_tap(&bad, "amq.topic", "#", "q", Duration::from_secs(60))
+        .await
+        .expect_err("wrong password");
+    assert_eq!(err2.reason(), "AuthFailed", "{err2}");
+    let text = format!("{err} {err:?} {err2} {err2:?}");
+    assert!(!text.contains("wrong-password-x"), "{text}");
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn rabbitmq_next_batch_dropped_by_timeouts_loses_no_message() {
+    let queue = unique("it-consume");
+    let (conn, ch) = lapin_channel().await;
+    declare_queue(&ch, &queue).await;
+    let n = 3000;
+    publish(&ch, "", &queue, 1..=n).await;
+    let source = Source::Queue {
+        queue: queue.clone(),
+    };
+    let mut c = Consumer::open(&amqp(), &source).await.expect("open");
+    let (all, dropped) = read_with_cancellations(&mut c, n, 7).await;
+    c.close().await;
+    assert!(dropped > 0, "no next_batch was cancelled");
+    assert_seq(&all);
+    assert_eq!(payload_numbers(&all), (1..=n).collect::<Vec<_>>());
+    assert_eq!(queue_count(&queue), Some(0));
+    eprintln!("{n} messages read with {dropped} next_batch calls cancelled");
+    ch.queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .ok();
+    conn.close(200, "done".into()).await.ok();
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn rabbitmq_a_consumer_dropped_without_close_acks_what_it_handed_out() {
+    let queue = unique("it-consume");
+    let (conn, ch) = lapin_channel().await;
+    declare_queue(&ch, &queue).await;
+    publish(&ch, "", &queue, 1..=20).await;
+    let source = Source::Queue {
+        queue: queue.clone(),
+    };
+    let mut c = Consumer::open(&amqp(), &source).await.expect("open");
+    let all = read_exactly(&mut c, 20, Duration::from_secs(30), Duration::ZERO).await;
+    assert_eq!(all.len(), 20);
+    drop(c);
+    // The acks and the close happen in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue_count(&queue) != Some(0) {
+        assert!(Instant::now() < deadline, "the queue still has messages");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ch.queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .ok();
+    conn.close(200, "done".into()).await.ok();
+}
+
+// TEMPORARY ad-hoc throughput measurement (removed after measuring).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "ad-hoc"]
+async fn adhoc_kafka_throughput() {
+    let n: usize = std::env::var("ADHOC_N").map(|v| v.parse().unwrap()).unwrap_or(1_000_000);
+    let parts: i32 = std::env::var("ADHOC_P").map(|v| v.parse().unwrap()).unwrap_or(1);
+    let topic = std::env::var("ADHOC_TOPIC").unwrap_or_else(|_| unique("it-adhoc"));
+    if std::env::var("ADHOC_TOPIC").is_err() {
+        create_topic(&topic, parts).await;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", env().var("KAFKA_BOOTSTRAP"))
+            .set("linger.ms", "20")
+            .set("batch.size", "1000000")
+            .set("queue.buffering.max.messages", "2000000")
+            .set("compression.type", "none")
+            .create()
+            .unwrap();
+        let payload = "x".repeat(100);
+        let start = Instant::now();
+        let mut pending = Vec::with_capacity(n);
+        for i in 0..n {
+            let record = FutureRecord::<(), str>::to(&topic)
+                .partition((i as i32) % parts)
+                .payload(&payload);
+            pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        }
+        for p in pending {
+            p.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+        eprintln!("produced {n} in {:?} to {topic}", start.elapsed());
+    }
+    let rounds: usize = std::env::var("ADHOC_ROUNDS").map(|v| v.parse().unwrap()).unwrap_or(3);
+    let cpu = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
+    };
+    let (mut best_raw, mut best_ours, mut cpu_raw, mut cpu_ours) = (0f64, 0f64, f64::MAX, f64::MAX);
+    for round in 0..rounds {
+        let cpu0 = cpu();
+        let start = Instant::now();
+        let raw = tokio::task::spawn_blocking({
+            let topic = topic.clone();
+            move || {
+                use rdkafka::{Offset, TopicPartitionList, message::Message as _};
+                let mut cc = ClientConfig::new();
+                cc.set("bootstrap.servers", env().var("KAFKA_BOOTSTRAP"))
+                    .set("group.id", format!("adhoc-raw-{}", uuid::Uuid::new_v4()))
+                    .set("enable.auto.commit", "false");
+                if let Ok(extra) = std::env::var("ADHOC_RAW_CFG") {
+                    for kv in extra.split(',').filter(|s| !s.is_empty()) {
+                        let (k, v) = kv.split_once('=').unwrap();
+                        cc.set(k, v);
+                    }
+                }
+                let c: BaseConsumer = cc.create().unwrap();
+                let convert = std::env::var("ADHOC_RAW_CONVERT").is_ok();
+                let mut keep: Vec<String> = Vec::with_capacity(1024);
+                let mut tpl = TopicPartitionList::new();
+                for p in 0..parts {
+                    tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+                }
+                c.assign(&tpl).unwrap();
+                let mut count = 0;
+                let mut bytes = 0;
+                while count < n {
+                    if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                        count += 1;
+                        if convert {
+                            let p = String::from_utf8_lossy(m.payload().unwrap()).into_owned();
+                            bytes += p.len();
+                            keep.push(p);
+                            if keep.len() == 1024 {
+                                keep.clear();
+                            }
+                        } else {
+                            bytes += m.payload().map_or(0, |p| p.len());
+                        }
+                    }
+                }
+                bytes
+            }
+        })
+        .await
+        .unwrap();
+        let raw_t = start.elapsed();
+        let raw_cpu = cpu() - cpu0;
+        // ours
+        let cpu0 = cpu();
+        let start = Instant::now();
+        let source = Source::Topic {
+            topic: topic.clone(),
+            from: StartAt::Earliest,
+        };
+        let mut c = Consumer::open(&kafka(), &source).await.unwrap();
+        let mut out = Vec::with_capacity(1024);
+        let mut count = 0;
+        let mut bytes = 0;
+        while count < n {
+            out.clear();
+            count += c.next_batch(&mut out, 1024).await.unwrap();
+            for r in out.drain(..) {
+                bytes += r.msg.payload.len();
+            }
+        }
+        let ours_t = start.elapsed();
+        let ours_cpu = cpu() - cpu0;
+        c.close().await;
+        assert_eq!(raw, bytes);
+        let (r, o) = (n as f64 / raw_t.as_secs_f64(), n as f64 / ours_t.as_secs_f64());
+        best_raw = best_raw.max(r);
+        best_ours = best_ours.max(o);
+        cpu_raw = cpu_raw.min(raw_cpu);
+        cpu_ours = cpu_ours.min(ours_cpu);
+        eprintln!(
+            "round {round}: raw {r:.0} msg/s ({raw_t:?}, cpu {raw_cpu:.2}s), devset {o:.0} msg/s ({ours_t:?}, cpu {ours_cpu:.2}s), ratio {:.2}",
+            r / o.max(1.0) * 0.0 + o / r
+        );
+    }
+    eprintln!(
+        "best: raw {best_raw:.0} msg/s, devset {best_ours:.0} msg/s, ratio {:.2}; least cpu: raw {cpu_raw:.2}s devset {cpu_ours:.2}s",
+        best_ours / best_raw
+    );
+}
