@@ -84,7 +84,10 @@ fn rec(partition: i32, i: usize) -> Rec {
 /// Produces the records (all in flight at once) with an `i` header; panics unless every one is
 /// acknowledged.
 async fn produce(topic: &str, recs: &[Rec]) {
-    let producer = producer();
+    produce_with(&producer(), topic, recs).await;
+}
+
+async fn produce_with(producer: &FutureProducer, topic: &str, recs: &[Rec]) {
     let mut pending = Vec::new();
     for r in recs {
         let headers = OwnedHeaders::new().insert(Header {
@@ -239,6 +242,13 @@ async fn kafka_from_earliest_reads_every_partition_with_keys_headers_and_offsets
     for (p, o) in offsets {
         assert_eq!(o, (0..o.len() as i64).collect::<Vec<_>>(), "partition {p}");
     }
+
+    // A consumer dropped without close (a cancelled stage) goes away by itself.
+    let mut c = Consumer::open(&kafka(), &source).await.expect("open");
+    let mut out = Vec::new();
+    let k = c.next_batch(&mut out, 10).await.expect("next_batch");
+    assert!(k >= 1 && out[0].msg.seq == 1);
+    drop(c);
 }
 
 #[tokio::test]
@@ -375,7 +385,7 @@ async fn kafka_consumers_join_no_group_and_commit_no_offsets() {
     for from in [StartAt::Earliest, StartAt::Latest] {
         let source = Source::Topic {
             topic: topic.clone(),
-            from,
+            from: from.clone(),
         };
         let mut c = Consumer::open(&kafka(), &source).await.expect("open");
         if from == StartAt::Earliest {
@@ -457,9 +467,13 @@ async fn kafka_next_batch_dropped_by_timeouts_loses_no_message() {
     let topic = unique("it-consume");
     create_topic(&topic, 3).await;
     let n = 5000;
+    // Half is there before, half comes in bursts while the consumer reads, so that calls are
+    // dropped both while messages are there and while they wait for more.
     produce(
         &topic,
-        &(1..=n).map(|i| rec((i % 3) as i32, i)).collect::<Vec<_>>(),
+        &(1..=n / 2)
+            .map(|i| rec((i % 3) as i32, i))
+            .collect::<Vec<_>>(),
     )
     .await;
     let source = Source::Topic {
@@ -467,7 +481,21 @@ async fn kafka_next_batch_dropped_by_timeouts_loses_no_message() {
         from: StartAt::Earliest,
     };
     let mut c = Consumer::open(&kafka(), &source).await.expect("open");
+    let bursts = tokio::spawn({
+        let topic = topic.clone();
+        async move {
+            let producer = producer();
+            for start in (n / 2 + 1..=n).step_by(50) {
+                let recs: Vec<Rec> = (start..start + 50)
+                    .map(|i| rec((i % 3) as i32, i))
+                    .collect();
+                produce_with(&producer, &topic, &recs).await;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+    });
     let (all, dropped) = read_with_cancellations(&mut c, n, 7).await;
+    bursts.await.unwrap();
     c.close().await;
     assert!(dropped > 0, "no next_batch was cancelled");
     assert_seq(&all);
@@ -901,12 +929,24 @@ async fn rabbitmq_next_batch_dropped_by_timeouts_loses_no_message() {
     let (conn, ch) = lapin_channel().await;
     declare_queue(&ch, &queue).await;
     let n = 3000;
-    publish(&ch, "", &queue, 1..=n).await;
+    publish(&ch, "", &queue, 1..=n / 2).await;
     let source = Source::Queue {
         queue: queue.clone(),
     };
     let mut c = Consumer::open(&amqp(), &source).await.expect("open");
+    // The other half in bursts while the consumer reads.
+    let bursts = tokio::spawn({
+        let ch = ch.clone();
+        let queue = queue.clone();
+        async move {
+            for start in (n / 2 + 1..=n).step_by(50) {
+                publish(&ch, "", &queue, start..=start + 49).await;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+    });
     let (all, dropped) = read_with_cancellations(&mut c, n, 7).await;
+    bursts.await.unwrap();
     c.close().await;
     assert!(dropped > 0, "no next_batch was cancelled");
     assert_seq(&all);
@@ -943,129 +983,4 @@ async fn rabbitmq_a_consumer_dropped_without_close_acks_what_it_handed_out() {
         .await
         .ok();
     conn.close(200, "done".into()).await.ok();
-}
-
-// TEMPORARY ad-hoc throughput measurement (removed after measuring).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "ad-hoc"]
-async fn adhoc_kafka_throughput() {
-    let n: usize = std::env::var("ADHOC_N").map(|v| v.parse().unwrap()).unwrap_or(1_000_000);
-    let parts: i32 = std::env::var("ADHOC_P").map(|v| v.parse().unwrap()).unwrap_or(1);
-    let topic = std::env::var("ADHOC_TOPIC").unwrap_or_else(|_| unique("it-adhoc"));
-    if std::env::var("ADHOC_TOPIC").is_err() {
-        create_topic(&topic, parts).await;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", env().var("KAFKA_BOOTSTRAP"))
-            .set("linger.ms", "20")
-            .set("batch.size", "1000000")
-            .set("queue.buffering.max.messages", "2000000")
-            .set("compression.type", "none")
-            .create()
-            .unwrap();
-        let payload = "x".repeat(100);
-        let start = Instant::now();
-        let mut pending = Vec::with_capacity(n);
-        for i in 0..n {
-            let record = FutureRecord::<(), str>::to(&topic)
-                .partition((i as i32) % parts)
-                .payload(&payload);
-            pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-        }
-        for p in pending {
-            p.await.unwrap().map_err(|(e, _)| e).unwrap();
-        }
-        eprintln!("produced {n} in {:?} to {topic}", start.elapsed());
-    }
-    let rounds: usize = std::env::var("ADHOC_ROUNDS").map(|v| v.parse().unwrap()).unwrap_or(3);
-    let cpu = || {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
-    };
-    let (mut best_raw, mut best_ours, mut cpu_raw, mut cpu_ours) = (0f64, 0f64, f64::MAX, f64::MAX);
-    for round in 0..rounds {
-        let cpu0 = cpu();
-        let start = Instant::now();
-        let raw = tokio::task::spawn_blocking({
-            let topic = topic.clone();
-            move || {
-                use rdkafka::{Offset, TopicPartitionList, message::Message as _};
-                let mut cc = ClientConfig::new();
-                cc.set("bootstrap.servers", env().var("KAFKA_BOOTSTRAP"))
-                    .set("group.id", format!("adhoc-raw-{}", uuid::Uuid::new_v4()))
-                    .set("enable.auto.commit", "false");
-                if let Ok(extra) = std::env::var("ADHOC_RAW_CFG") {
-                    for kv in extra.split(',').filter(|s| !s.is_empty()) {
-                        let (k, v) = kv.split_once('=').unwrap();
-                        cc.set(k, v);
-                    }
-                }
-                let c: BaseConsumer = cc.create().unwrap();
-                let convert = std::env::var("ADHOC_RAW_CONVERT").is_ok();
-                let mut keep: Vec<String> = Vec::with_capacity(1024);
-                let mut tpl = TopicPartitionList::new();
-                for p in 0..parts {
-                    tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
-                }
-                c.assign(&tpl).unwrap();
-                let mut count = 0;
-                let mut bytes = 0;
-                while count < n {
-                    if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                        count += 1;
-                        if convert {
-                            let p = String::from_utf8_lossy(m.payload().unwrap()).into_owned();
-                            bytes += p.len();
-                            keep.push(p);
-                            if keep.len() == 1024 {
-                                keep.clear();
-                            }
-                        } else {
-                            bytes += m.payload().map_or(0, |p| p.len());
-                        }
-                    }
-                }
-                bytes
-            }
-        })
-        .await
-        .unwrap();
-        let raw_t = start.elapsed();
-        let raw_cpu = cpu() - cpu0;
-        // ours
-        let cpu0 = cpu();
-        let start = Instant::now();
-        let source = Source::Topic {
-            topic: topic.clone(),
-            from: StartAt::Earliest,
-        };
-        let mut c = Consumer::open(&kafka(), &source).await.unwrap();
-        let mut out = Vec::with_capacity(1024);
-        let mut count = 0;
-        let mut bytes = 0;
-        while count < n {
-            out.clear();
-            count += c.next_batch(&mut out, 1024).await.unwrap();
-            for r in out.drain(..) {
-                bytes += r.msg.payload.len();
-            }
-        }
-        let ours_t = start.elapsed();
-        let ours_cpu = cpu() - cpu0;
-        c.close().await;
-        assert_eq!(raw, bytes);
-        let (r, o) = (n as f64 / raw_t.as_secs_f64(), n as f64 / ours_t.as_secs_f64());
-        best_raw = best_raw.max(r);
-        best_ours = best_ours.max(o);
-        cpu_raw = cpu_raw.min(raw_cpu);
-        cpu_ours = cpu_ours.min(ours_cpu);
-        eprintln!(
-            "round {round}: raw {r:.0} msg/s ({raw_t:?}, cpu {raw_cpu:.2}s), devset {o:.0} msg/s ({ours_t:?}, cpu {ours_cpu:.2}s), ratio {:.2}",
-            r / o.max(1.0) * 0.0 + o / r
-        );
-    }
-    eprintln!(
-        "best: raw {best_raw:.0} msg/s, devset {best_ours:.0} msg/s, ratio {:.2}; least cpu: raw {cpu_raw:.2}s devset {cpu_ours:.2}s",
-        best_ours / best_raw
-    );
 }

@@ -51,12 +51,15 @@ const READ_TIMEOUT: Duration = Duration::from_secs(600);
 /// Distinct messages the `where`-alone measurement cycles through.
 const WHERE_SAMPLES: u64 = 10_000;
 
-/// The fetch settings of both sides: those of src/brokers/kafka_consumer.rs.
-const FETCH: [(&str, &str); 4] = [
+/// The fetch settings of the raw side: those of devset's consumer (src/brokers/kafka_consumer.rs)
+/// when this was written, so that the two differ in their code only. `--expect-raw-config`
+/// adds or overrides settings.
+const FETCH: [(&str, &str); 3] = [
     ("fetch.min.bytes", "1"),
-    ("max.partition.fetch.bytes", "4194304"),
-    ("queued.min.messages", "100000"),
-    ("queued.max.messages.kbytes", "65536"),
+    ("queued.max.messages.kbytes", "16384"),
+    // librdkafka's default (1 s) stalls a consumer for a second whenever its prefetch queue
+    // is full: 1,000,000 messages took ~2 s instead of ~0.9 s.
+    ("fetch.queue.backoff.ms", "10"),
 ];
 
 pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
@@ -157,8 +160,9 @@ async fn measure(
             let (took, what) = match side {
                 Run::Raw => {
                     let (b, t) = (bootstrap.to_string(), topic.to_string());
+                    let extra = args.expect_raw_config.clone();
                     let (took, close) =
-                        tokio::task::spawn_blocking(move || raw(&b, &t, n)).await??;
+                        tokio::task::spawn_blocking(move || raw(&b, &t, n, &extra)).await??;
                     let what = format!("Raw (close {:.0} ms)", close.as_secs_f64() * 1e3);
                     (took, what)
                 }
@@ -300,7 +304,12 @@ fn fill(bootstrap: &str, topic: &str, n: u64, pad: &str) -> anyhow::Result<Durat
 /// The raw loop: a BaseConsumer assigned to every partition from the beginning, polled until it
 /// has seen `n` messages, then closed. Returns the time from creating it to the end of its close
 /// (as the engine's time includes its consumer's close), and the close alone.
-fn raw(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
+fn raw(
+    bootstrap: &str,
+    topic: &str,
+    n: u64,
+    extra: &[String],
+) -> anyhow::Result<(Duration, Duration)> {
     let start = Instant::now();
     let mut config = ClientConfig::new();
     config
@@ -314,6 +323,12 @@ fn raw(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<(Duration, Durati
     for (k, v) in FETCH {
         config.set(k, v);
     }
+    for kv in extra {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--expect-raw-config {kv:?}: not KEY=VALUE"))?;
+        config.set(k, v);
+    }
     let consumer: BaseConsumer = config.create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
@@ -324,12 +339,17 @@ fn raw(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<(Duration, Durati
     }
     anyhow::ensure!(tpl.count() > 0, "raw: topic {topic} has no partitions");
     consumer.assign(&tpl)?;
+    let opened = start.elapsed();
     let (mut count, mut bytes) = (0u64, 0usize);
+    let mut gaps = Gaps::default();
     while count < n {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 count += 1;
                 bytes += m.payload_len();
+                if count % 1024 == 1 {
+                    gaps.tick();
+                }
             }
             Some(Err(e)) => eprintln!("[bench] raw consumer: {e}"),
             None => anyhow::ensure!(
@@ -341,6 +361,10 @@ fn raw(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<(Duration, Durati
     black_box(bytes);
     let closing = Instant::now();
     drop(consumer);
+    eprintln!(
+        "[bench]   raw: open {:.0} ms, {gaps}",
+        opened.as_secs_f64() * 1e3
+    );
     Ok((start.elapsed(), closing.elapsed()))
 }
 
@@ -357,23 +381,66 @@ async fn consumer_alone(
         from: StartAt::Earliest,
     };
     let mut consumer = Consumer::open(broker, &source).await?;
+    let opened = start.elapsed();
     let mut batch = Vec::with_capacity(1024);
     let mut got = 0u64;
+    let mut gaps = Gaps::default();
     while got < n {
         batch.clear();
         let k = tokio::time::timeout(READ_TIMEOUT, consumer.next_batch(&mut batch, 1024))
             .await
             .map_err(|_| anyhow::anyhow!("consumer alone: {got} of {n} messages"))??;
+        gaps.tick();
         got += k as u64;
         black_box(&batch);
     }
     let closing = Instant::now();
     consumer.close().await;
+    eprintln!(
+        "[bench]   consumer alone: open {:.0} ms, {gaps}",
+        opened.as_secs_f64() * 1e3
+    );
     anyhow::ensure!(
         got == n,
         "consumer alone: read {got}, more than the {n} there"
     );
     Ok((start.elapsed(), closing.elapsed()))
+}
+
+/// The waits of 20 ms or more between batches (stalls).
+#[derive(Default)]
+struct Gaps {
+    last: Option<Instant>,
+    stalls: u32,
+    stalled: Duration,
+    longest: Duration,
+}
+
+impl Gaps {
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if let Some(last) = self.last {
+            let gap = now - last;
+            if gap >= Duration::from_millis(20) {
+                self.stalls += 1;
+                self.stalled += gap;
+            }
+            self.longest = self.longest.max(gap);
+        }
+        self.last = Some(now);
+    }
+}
+
+impl std::fmt::Display for Gaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} stalls of 20 ms or more between batches ({:.0} ms in all, longest {:.0} ms)",
+            self.stalls,
+            self.stalled.as_secs_f64() * 1e3,
+            self.longest.as_secs_f64() * 1e3
+        )
+    }
 }
 
 /// Counts the messages the stage matched and keeps its outputs.

@@ -66,6 +66,10 @@ pub struct Args {
         default_value = r#"key.startsWith("order-");payload.seq > 0"#
     )]
     pub expect_where: Vec<String>,
+    /// Extra rdkafka settings of the expect part's raw consumer, KEY=VALUE, comma-separated
+    /// (e.g. `fetch.queue.backoff.ms=10`); the default is devset's consumer settings.
+    #[arg(long, value_delimiter = ',')]
+    pub expect_raw_config: Vec<String>,
     /// Also the rows that break the expect stage's time down (devset's consumer alone, the
     /// `where` alone); `--expect-breakdown false` leaves them out (for profiling the stage).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]

@@ -9,8 +9,11 @@ use crate::message::Message;
 use std::{fmt, time::Duration};
 
 /// Where a Kafka consumer starts reading each partition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartAt {
+    /// These offsets, by partition (from [`end_offsets`] earlier); a partition not in the list
+    /// (one added since) starts at its beginning.
+    Offsets(Vec<(i32, i64)>),
     /// The first offset whose timestamp is at or after this (Kafka's `ListOffsets` by time);
     /// a partition with no such message starts at its end as of when the consumer opens.
     Time(jiff::Timestamp),
@@ -107,7 +110,7 @@ impl Consumer {
     pub async fn open(cfg: &BrokerConfig, source: &Source) -> Result<Consumer, BrokerError> {
         let inner = match (cfg, source) {
             (BrokerConfig::Kafka(k), Source::Topic { topic, from }) => {
-                Inner::Kafka(kafka_consumer::KafkaConsumer::open(k, topic, *from).await?)
+                Inner::Kafka(kafka_consumer::KafkaConsumer::open(k, topic, from.clone()).await?)
             }
             (BrokerConfig::RabbitMq(r), Source::Queue { queue } | Source::Tap { queue, .. }) => {
                 Inner::RabbitMq(Box::new(
@@ -164,6 +167,17 @@ impl Consumer {
             Inner::Kafka(c) => c.close().await,
             Inner::RabbitMq(c) => c.close().await,
         }
+    }
+}
+
+/// Kafka: the end offset of every partition of `topic` now, to start a later [`Consumer`] at
+/// with [`StartAt::Offsets`]. A topic that does not exist is [`BrokerError::NotFound`].
+pub async fn end_offsets(cfg: &BrokerConfig, topic: &str) -> Result<Vec<(i32, i64)>, BrokerError> {
+    match cfg {
+        BrokerConfig::Kafka(k) => kafka_consumer::topic_end_offsets(k, topic).await,
+        BrokerConfig::RabbitMq(_) => Err(BrokerError::Other(format!(
+            "cannot read topic {topic} on RabbitMQ: use a queue or an exchange"
+        ))),
     }
 }
 

@@ -13,7 +13,7 @@ mod kafka_consumer;
 mod rabbitmq;
 mod rabbitmq_consumer;
 
-pub use consumer::{Consumer, Received, Source, StartAt, declare_tap, delete_tap};
+pub use consumer::{Consumer, Received, Source, StartAt, declare_tap, delete_tap, end_offsets};
 
 use crate::api::{
     BrokerConnectorSpec, CredentialsSecretRef, KafkaSecurityProtocol, SaslMechanism, TlsConfig,

@@ -71,7 +71,10 @@ pub(super) fn classify(e: &lapin::Error, what: &str, cfg: &RabbitMqConfig) -> Br
     }
 }
 
-pub(super) async fn open(cfg: &RabbitMqConfig, timeout: Duration) -> Result<Connection, BrokerError> {
+pub(super) async fn open(
+    cfg: &RabbitMqConfig,
+    timeout: Duration,
+) -> Result<Connection, BrokerError> {
     let uri = amqp_uri(cfg)?;
     let builder = DefaultConnectionBuilder::new()
         .map_err(|e| BrokerError::Other(format!("AMQP runtime: {e}")))?

@@ -37,6 +37,38 @@ pub fn tap_queue(namespace: &str, run: &str, stage: &str) -> String {
     format!("devset.tap.{namespace}.{run}.{stage}")
 }
 
+/// Records where `from: RunStart` is for every Kafka expect stage of a run that starts now (not
+/// one resumed after a restart: that one goes by the run's start time): the topic's end offsets,
+/// exact whatever the clocks say. A topic that does not exist yet is read from its beginning
+/// once it does; a broker that cannot be asked leaves the stage to go by time.
+pub(crate) async fn mark_run_start(shared: &Shared) {
+    for s in &shared.input.spec.stages {
+        let Some(e) = &s.expect else { continue };
+        let (Some(topic), ExpectFrom::RunStart) = (&e.topic, e.from.unwrap_or_default()) else {
+            continue;
+        };
+        if shared.input.resume.contains_key(&s.name) {
+            continue;
+        }
+        let Ok(broker) = shared.broker(shared.connector(e.connector_ref.as_ref())) else {
+            continue;
+        };
+        let start = match brokers::end_offsets(broker, topic).await {
+            Ok(offsets) => StartAt::Offsets(offsets),
+            Err(brokers::BrokerError::NotFound(_)) => StartAt::Offsets(Vec::new()),
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "cannot read where the run starts on the topic; going by time");
+                continue;
+            }
+        };
+        shared
+            .run_start
+            .lock()
+            .unwrap()
+            .insert(s.name.clone(), start);
+    }
+}
+
 /// Declares and binds the taps of every expect stage that reads an exchange (and has not
 /// finished). Fails with the first stage whose tap cannot be made.
 pub(crate) async fn declare_taps(shared: &Shared) -> Result<(), (String, StageOutcome)> {
@@ -168,8 +200,9 @@ pub(crate) async fn run(
     let resumed = state.attempt > 1 || state.resume.attempts > 0;
     let (source, target) = match (&action.topic, &action.queue, &action.exchange) {
         (Some(topic), _, _) => {
+            let recorded = shared.run_start.lock().unwrap().get(&stage.name).cloned();
             let from = match action.from.unwrap_or_default() {
-                ExpectFrom::RunStart => StartAt::Time(input.started_at),
+                ExpectFrom::RunStart => recorded.unwrap_or(StartAt::Time(input.started_at)),
                 // A later attempt or execution reads from when the stage first started.
                 ExpectFrom::StageStart if resumed => StartAt::Time(state.started_at),
                 ExpectFrom::StageStart => StartAt::Latest,
@@ -221,8 +254,13 @@ pub(crate) async fn run(
             break StageOutcome::Succeeded;
         }
         batch.clear();
+        // What a RabbitMQ consumer hands out leaves the queue: take no more than still needed.
+        let max = match (&source, at_most) {
+            (Source::Topic { .. }, _) | (_, Some(_)) => BATCH,
+            _ => (count - matched).clamp(1, BATCH as u64) as usize,
+        };
         let got = tokio::select! {
-            r = consumer.next_batch(&mut batch, BATCH) => r,
+            r = consumer.next_batch(&mut batch, max) => r,
             _ = tokio::time::sleep_until(deadline) => break timed_out(count, at_most, matched, consumer.read(), timeout_text, errors, &first_error),
             _ = shared.stop.cancelled() => break StageOutcome::Stopped,
         };

@@ -228,9 +228,11 @@ pub async fn run(
         // caller's token as a user's stop.
         stop: stop.child_token(),
         results: Mutex::new(results),
+        run_start: Mutex::new(BTreeMap::new()),
     });
-    // Taps of exchanges are bound before any stage runs, so nothing published meanwhile is
-    // missed.
+    // Where `RunStart` is on each topic, and the taps of exchanges, are settled before any
+    // stage runs, so nothing published meanwhile is missed.
+    expect::mark_run_start(&shared).await;
     let outcome = match expect::declare_taps(&shared).await {
         Ok(()) => drive(&shared, &plan).await,
         Err((stage, outcome)) => {
@@ -290,6 +292,9 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     /// The finished stages' phases and outputs.
     pub(crate) results: Mutex<Stages>,
+    /// Where each Kafka expect stage reading from `RunStart` starts: the topic's end offsets
+    /// when the run started (this execution's start; a resumed run goes by time instead).
+    pub(crate) run_start: Mutex<BTreeMap<String, crate::brokers::StartAt>>,
 }
 
 impl Shared {
