@@ -175,15 +175,46 @@ spec:
     env().apply(&ns.name, &run_yaml("other", "plain", "kafka", ""));
     wait_phase(&ns.name, "other", "Completed", MINUTE);
 
-    // The controller dies while the run waits; the decision comes meanwhile.
+    // The controller dies while the run waits; the decision comes meanwhile, through devset
+    // api, from a ServiceAccount that holds the `approve` verb.
     controller.kill();
-    env().kubectl_ok(&[
-        "annotate",
-        "-n",
-        &ns.name,
-        "workflowrun/gated-1",
-        r#"approval.devset.io/go-live={"decision":"Approved","user":"alice","comment":"ship it","time":"2026-12-03T10:00:00Z"}"#,
-    ]);
+    let api = ApiProcess::start(&ns.name, &sqlite_store(&ns.name), "kubernetes");
+    for args in [
+        vec!["create", "serviceaccount", "alice"],
+        vec![
+            "create",
+            "role",
+            "approver",
+            "--verb=approve,get",
+            "--resource=workflowruns.devset.io",
+        ],
+        vec!["create", "rolebinding", "alice-approves", "--role=approver"],
+    ] {
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        if args[1] == "rolebinding" {
+            args.push(format!("--serviceaccount={}:alice", ns.name));
+        }
+        let mut full = vec!["-n".to_string(), ns.name.clone()];
+        full.extend(args);
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        env().kubectl_ok(&refs);
+    }
+    let token = env()
+        .kubectl_ok(&["-n", &ns.name, "create", "token", "alice"])
+        .trim()
+        .to_owned();
+    let alice = format!("system:serviceaccount:{}:alice", ns.name);
+    let answer = reqwest::Client::new()
+        .post(api.url(&format!(
+            "/api/v1/namespaces/{}/workflowruns/gated-1/stages/go-live/approve",
+            ns.name
+        )))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"comment": "ship it"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
     let _controller = ControllerProcess::start(&ns.name, 1);
     wait_phase(&ns.name, "gated-1", "Completed", MINUTE);
     assert_eq!(
@@ -192,7 +223,7 @@ spec:
     );
     assert_eq!(
         stage_field(&ns.name, "gated-1", "go-live", "approval.user"),
-        "alice"
+        alice
     );
     assert_eq!(
         stage_field(&ns.name, "gated-1", "go-live", "outputs.comment"),
@@ -208,17 +239,17 @@ spec:
     let out = env().client("kafka-consume", &[&after, "1", "20"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).lines().next(),
-        Some("approved by alice: ship it")
+        Some(format!("approved by {alice}: ship it").as_str())
     );
     // The decision is in the log once, naming the user.
-    let api = ApiProcess::start(&ns.name, &sqlite_store(&ns.name), "none");
-    let log = events(&api, &ns.name, "gated-1");
+    let reader = ApiProcess::start(&ns.name, &sqlite_store(&ns.name), "none");
+    let log = events(&reader, &ns.name, "gated-1");
     let approved: Vec<_> = log
         .iter()
         .filter(|e| e["type"] == "stage.approved")
         .collect();
     assert_eq!(approved.len(), 1, "{log:#?}");
-    assert_eq!(approved[0]["user"], "alice");
+    assert_eq!(approved[0]["user"], alice.as_str());
     assert_eq!(approved[0]["message"], "ship it");
     assert!(log.iter().any(|e| e["type"] == "stage.waiting"));
     // A Kubernetes Event tells the phase changes.
