@@ -570,3 +570,128 @@ fn devset_approve_and_reject_print_one_line_or_the_refusal_with_exit_2() {
         text(&help.stdout)
     );
 }
+
+/// `kubectl annotate` of a decision on run `r1` of `ns` as the holder of `token`.
+fn annotate_as(ns: &str, who: &str, token: &str, value: &str) -> std::process::Output {
+    let kubeconfig = common::token_kubeconfig(&format!("{ns}-{who}"), token);
+    env()
+        .command("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .args([
+            "-n",
+            ns,
+            "annotate",
+            "--overwrite",
+            "workflowrun/r1",
+            &format!("approval.devset.io/go-live={value}"),
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn the_chart_policy_lets_only_approvers_naming_themselves_write_a_decision() {
+    install_crds();
+    let ns = TestNamespace::new("vap");
+    // The chart's policy, bound to this namespace only.
+    let out = env()
+        .command("helm")
+        .args([
+            "template",
+            &ns.name,
+            common::repo()
+                .join("charts/devset-operator")
+                .to_str()
+                .unwrap(),
+            "-n",
+            &ns.name,
+            "--show-only",
+            "templates/decision-policy.yaml",
+            "--set",
+            &format!("watchNamespaces={{{}}}", ns.name),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env().apply(&ns.name, &text(&out.stdout));
+    let policy = format!("{}-devset-operator-decisions", ns.name);
+    env().apply(
+        &ns.name,
+        "apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {name: r1}\n\
+         spec: {workflowRef: {name: w}, connectorRef: {name: c}}\n",
+    );
+    let patcher = account(&ns.name, &ns.name, "patcher", &["get", "patch"]);
+    let carol = account(&ns.name, &ns.name, "carol", &["get", "patch", "approve"]);
+    let carol_name = format!("system:serviceaccount:{}:carol", ns.name);
+    let decision = |user: &str| format!(r#"{{"decision":"Approved","user":"{user}"}}"#);
+
+    // Plain patch is not enough (the policy takes a moment to be enforced once created).
+    let start = std::time::Instant::now();
+    let refused = loop {
+        let out = annotate_as(&ns.name, "patcher", &patcher, &decision("alice"));
+        if !out.status.success() {
+            break text(&out.stderr);
+        }
+        // Undo what got through before the policy was enforced.
+        env().kubectl_ok(&[
+            "-n",
+            &ns.name,
+            "annotate",
+            "workflowrun/r1",
+            "approval.devset.io/go-live-",
+        ]);
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the policy {policy} was never enforced"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        refused.contains("only devset api, or a user holding the verb approve"),
+        "{refused}"
+    );
+    // An approver naming someone else: refused. Naming themselves: written.
+    let out = annotate_as(&ns.name, "carol", &carol, &decision("alice"));
+    assert!(!out.status.success(), "carol wrote a decision naming alice");
+    let out = annotate_as(&ns.name, "carol", &carol, &decision(&carol_name));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Nobody but an admin removes a decision.
+    let kubeconfig = common::token_kubeconfig(&format!("{}-carol", ns.name), &carol);
+    let out = env()
+        .command("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .args([
+            "-n",
+            &ns.name,
+            "annotate",
+            "workflowrun/r1",
+            "approval.devset.io/go-live-",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot be removed"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Other changes to the run are not the policy's business.
+    let out = annotate_as_other(&ns.name, &patcher);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env().kubectl_ok(&[
+        "delete",
+        "validatingadmissionpolicybinding,validatingadmissionpolicy",
+        &policy,
+    ]);
+}
+
+fn annotate_as_other(ns: &str, token: &str) -> std::process::Output {
+    let kubeconfig = common::token_kubeconfig(&format!("{ns}-patcher"), token);
+    env()
+        .command("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["-n", ns, "annotate", "workflowrun/r1", "team=payments"])
+        .output()
+        .unwrap()
+}

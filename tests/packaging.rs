@@ -131,8 +131,38 @@ fn helm_lint_passes_and_the_chart_renders_with_defaults_and_every_option() {
             "Role",
             "RoleBinding",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ])
+    );
+    // The decision policy trusts the chart's own ServiceAccount, and binds everywhere by default.
+    let policy = named(&d, "ValidatingAdmissionPolicy", "devset-operator-decisions");
+    assert!(
+        serde_yaml::to_string(policy)
+            .unwrap()
+            .contains("system:serviceaccount:devset-system:devset-operator")
+    );
+    let binding = named(
+        &d,
+        "ValidatingAdmissionPolicyBinding",
+        "devset-operator-decisions",
+    );
+    assert!(binding["spec"]["matchResources"].is_null());
+    let scoped = render(&["--set", "watchNamespaces={a,b}"]);
+    let binding = named(
+        &scoped,
+        "ValidatingAdmissionPolicyBinding",
+        "devset-operator-decisions",
+    );
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"],
+        serde_yaml::from_str::<Value>("[a, b]").unwrap()
+    );
+    let off = render(&["--set", "approvalPolicy.enabled=false"]);
+    assert!(
+        !off.iter()
+            .any(|d| kind(d).starts_with("ValidatingAdmissionPolicy"))
     );
     let deploy = find(&d, "Deployment")[0];
     assert_eq!(deploy["spec"]["replicas"], 1);
@@ -386,6 +416,14 @@ fn chart_as_config() -> Vec<(&'static str, Vec<Value>)> {
         ("rbac/role_binding.yaml", pick("ClusterRoleBinding", "")),
         ("rbac/approver_role.yaml", pick("ClusterRole", "-approver")),
         (
+            "policy/decision_policy.yaml",
+            [
+                pick("ValidatingAdmissionPolicy", "-decisions"),
+                pick("ValidatingAdmissionPolicyBinding", "-decisions"),
+            ]
+            .concat(),
+        ),
+        (
             "rbac/leader_election_role.yaml",
             pick("Role", "-leader-election"),
         ),
@@ -413,8 +451,30 @@ fn kustomize_config_default_is_the_chart_and_applies() {
             std::fs::write(config.join(file), format!("{header}{}", text.join("---\n"))).unwrap();
         }
     }
-    // The same objects as the chart (plus the Namespace), field for field.
-    let chart = by_key(render(&["--include-crds"]));
+    // The same objects as the chart (plus the Namespace), field for field; the cluster-scoped
+    // admission policy is in config/policy, outside config/default's namespace.
+    let is_policy = |d: &Value| kind(d).starts_with("ValidatingAdmissionPolicy");
+    let (policy, rest): (Vec<Value>, Vec<Value>) =
+        render(&["--include-crds"]).into_iter().partition(is_policy);
+    let chart = by_key(rest);
+    let policy_config =
+        by_key(docs(&env().kubectl_ok(&[
+            "kustomize",
+            config.join("policy").to_str().unwrap(),
+        ])));
+    let policy = by_key(policy);
+    assert_eq!(
+        policy.keys().collect::<Vec<_>>(),
+        policy_config.keys().collect::<Vec<_>>(),
+        "config/policy holds the chart's admission policy; regenerate with DEVSET_UPDATE_CONFIG=1"
+    );
+    for (key, doc) in &policy {
+        let diff = first_difference(doc, &policy_config[key], String::new());
+        assert!(
+            diff.is_none(),
+            "{key} differs from config/policy at {diff:?}"
+        );
+    }
     let kustomized =
         by_key(docs(&env().kubectl_ok(&[
             "kustomize",
