@@ -11,6 +11,9 @@ use crate::api::{ApprovalAction, Approvers, OnTimeout, Stage};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 
+/// The reason of a rejected approval stage (not retried).
+pub const REJECTED: &str = "Rejected";
+
 /// The user a timeout's decision is recorded under.
 pub const TIMEOUT_USER: &str = "devset:timeout";
 
@@ -164,7 +167,7 @@ pub(crate) async fn run(
             verdict.user.clone()
         };
         failed(
-            "Rejected",
+            REJECTED,
             match &verdict.comment {
                 Some(c) if !c.is_empty() => format!("rejected by {by}: {c}"),
                 _ => format!("rejected by {by}"),

@@ -505,8 +505,11 @@ async fn run_stage(shared: &Shared, i: usize) -> StageOutcome {
             None => work.await,
         };
         match result.outcome {
+            // A person's rejection is final: it is not retried.
             StageOutcome::Failed { reason, message }
-                if attempt <= retries && !shared.stop.is_cancelled() =>
+                if attempt <= retries
+                    && !shared.stop.is_cancelled()
+                    && reason != approval::REJECTED =>
             {
                 shared
                     .observer
@@ -627,6 +630,7 @@ pub(crate) fn broker_failure(broker: &BrokerConfig, e: BrokerError) -> StageOutc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::brokers::Delivery;
 
     fn stage(v: serde_json::Value) -> Stage {
         serde_json::from_value(v).unwrap()
@@ -659,6 +663,134 @@ mod tests {
             })))
             .unwrap_err()
             .starts_with("retryBackoff.duration")
+        );
+    }
+
+    /// Rejects every approval, and counts what the engine reports.
+    struct Rejecting;
+    impl Approvals for Rejecting {
+        fn decide<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a ApprovalAsk,
+        ) -> futures::future::BoxFuture<'a, Verdict> {
+            Box::pin(async {
+                Verdict {
+                    approved: false,
+                    user: "bob".into(),
+                    comment: None,
+                    time: jiff::Timestamp::now(),
+                }
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+    impl Observer for Seen {
+        fn stage_started(&self, stage: &str, attempt: u32) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{stage} started {attempt}"));
+        }
+        fn published(&self, _: &str, _: &str, _: &Target, _: &Message, _: &Delivery) {}
+        fn stage_decided(&self, stage: &str, v: &Verdict) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{stage} decided {}", v.approved));
+        }
+        fn stage_retrying(&self, stage: &str, _: u32, _: &str, _: &str) {
+            self.0.lock().unwrap().push(format!("{stage} retrying"));
+        }
+        fn stage_finished(&self, stage: &str, outcome: &StageOutcome) {
+            let what = match outcome {
+                StageOutcome::Succeeded => "succeeded".to_string(),
+                StageOutcome::Stopped => "stopped".to_string(),
+                StageOutcome::Failed { reason, .. } => format!("failed {reason}"),
+                StageOutcome::Skipped { reason, .. } => format!("skipped {reason}"),
+            };
+            self.0.lock().unwrap().push(format!("{stage} {what}"));
+        }
+    }
+
+    fn input(stages: serde_json::Value) -> RunInput {
+        RunInput {
+            run_name: "r".into(),
+            run_namespace: "ns".into(),
+            spec: serde_json::from_value(serde_json::json!({
+                "params": [{"name": "region", "default": "eu"}],
+                "stages": stages
+            }))
+            .unwrap(),
+            params: [("region".to_string(), serde_json::json!("eu"))].into(),
+            resume: BTreeMap::new(),
+            brokers: BTreeMap::new(),
+            default_connector: "none".into(),
+            started_at: jiff::Timestamp::now(),
+            approvals: Arc::new(Rejecting),
+            pause: CancellationToken::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rejection_is_final_and_continue_on_error_and_when_shape_the_run() {
+        let seen = Arc::new(Seen::default());
+        let outcome = run(
+            input(serde_json::json!([
+                {"name": "gate", "retries": 3, "approval": {}},
+                {"name": "after", "delay": {"duration": "1ms"}}
+            ])),
+            seen.clone(),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(
+            outcome,
+            RunOutcome::Failed {
+                stage: "gate".into(),
+                reason: "Rejected".into(),
+                message: "rejected by bob".into()
+            }
+        );
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "gate started 1",
+                "gate decided false",
+                "gate failed Rejected"
+            ]
+        );
+
+        let seen = Arc::new(Seen::default());
+        let outcome = run(
+            input(serde_json::json!([
+                {"name": "gate", "continueOnError": true, "approval": {}},
+                {"name": "us", "when": "params.region == 'us'", "delay": {"duration": "1ms"}},
+                {"name": "after", "when": "stages.gate.outputs.decision == 'Rejected' && stages.us.phase == 'Skipped'",
+                 "delay": {"duration": "1ms"}}
+            ])),
+            seen.clone(),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(
+            outcome,
+            RunOutcome::CompletedWithFailures {
+                stages: vec!["gate".into()]
+            }
+        );
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "gate started 1",
+                "gate decided false",
+                "gate failed Rejected",
+                "us skipped ConditionFalse",
+                "after started 1",
+                "after succeeded"
+            ]
         );
     }
 
