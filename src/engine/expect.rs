@@ -9,7 +9,7 @@
 use super::{
     amounts::{self, INVALID_AMOUNT},
     duration::parse_duration,
-    expr::{Expr, MESSAGE_VARIABLES, add_message, root_scope, to_output},
+    expr::{Expr, MESSAGE_VARIABLES, Reads, add_message_reading, root_scope, to_output},
     runner::{Attempt, Shared, StageOutcome, StageState, broker_failure, failed},
 };
 use crate::{
@@ -242,8 +242,7 @@ pub(crate) async fn run(
         Err(e) => return broker_failure(broker, e).into(),
     };
     let root = root_scope(&input.params, &shared.stages());
-    let parse_payload = checks.filter.as_ref().is_some_and(Expr::reads_payload)
-        || checks.captures.iter().any(|(_, e)| e.reads_payload());
+    let filter_reads = checks.filter.as_ref().map_or(Reads::ALL, Expr::reads);
     let mut batch: Vec<Received> = Vec::with_capacity(BATCH);
     let mut last: Option<Received> = None;
     let mut first_error: Option<String> = None;
@@ -272,7 +271,7 @@ pub(crate) async fn run(
                 None => true,
                 Some(f) => {
                     let mut scope = root.new_inner_scope();
-                    add_message(&mut scope, &r.msg, parse_payload);
+                    add_message_reading(&mut scope, &r.msg, filter_reads);
                     match f.eval_bool(&scope) {
                         Ok(b) => b,
                         Err(e) => {
@@ -319,7 +318,7 @@ pub(crate) async fn run(
     }
     if let Some(r) = &last {
         let mut scope = root.new_inner_scope();
-        add_message(&mut scope, &r.msg, parse_payload);
+        add_message_reading(&mut scope, &r.msg, Reads::ALL);
         for (name, expr) in &checks.captures {
             match expr.eval(&scope).and_then(|v| to_output(&v)) {
                 Ok(v) => {

@@ -16,6 +16,26 @@ pub struct Expr {
     program: Program,
     /// The expression reads `payload`: parse it for every message.
     reads_payload: bool,
+    /// Which of a message's variables the expression reads.
+    reads: Reads,
+}
+
+/// Which of a message's variables to put in its scope: what an expression does not read is not
+/// built (a headers map and a parsed payload per message are most of the cost of a `where`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reads {
+    pub key: bool,
+    pub headers: bool,
+    pub payload: bool,
+}
+
+impl Reads {
+    /// Every variable of a message.
+    pub const ALL: Reads = Reads {
+        key: true,
+        headers: true,
+        payload: true,
+    };
 }
 
 impl std::fmt::Debug for Expr {
@@ -52,9 +72,15 @@ impl Expr {
             ));
         }
         let reads_payload = refs.has_variable("payload");
+        let reads = Reads {
+            key: refs.has_variable("key"),
+            headers: refs.has_variable("headers"),
+            payload: reads_payload,
+        };
         Ok(Expr {
             program,
             reads_payload,
+            reads,
         })
     }
 
@@ -91,6 +117,11 @@ impl Expr {
     /// Whether the expression reads the message's payload.
     pub fn reads_payload(&self) -> bool {
         self.reads_payload
+    }
+
+    /// Which of a message's variables the expression reads.
+    pub fn reads(&self) -> Reads {
+        self.reads
     }
 
     /// Evaluates the expression in `scope`.
@@ -229,24 +260,42 @@ pub fn json_to_cel(v: &serde_json::Value) -> Value {
 }
 
 /// Adds a message's `key`, `headers` and `payload` to `scope`. The payload is parsed as JSON
-/// only when `parse_payload`; when it does not parse, `payload` is its text.
+/// only when `parse_payload` (else it is `null`); when it does not parse, `payload` is its text.
 pub fn add_message(scope: &mut Context, msg: &Message, parse_payload: bool) {
-    scope.add_variable_from_value("key", msg.key.as_deref().map_or(Value::Null, Value::from));
-    let headers: HashMap<String, Value> = msg
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-        .collect();
-    scope.add_variable_from_value("headers", Value::from(headers));
-    let payload = if parse_payload {
-        match serde_json::from_str::<serde_json::Value>(&msg.payload) {
+    add_message_reading(
+        scope,
+        msg,
+        Reads {
+            payload: parse_payload,
+            ..Reads::ALL
+        },
+    );
+    if !parse_payload {
+        scope.add_variable_from_value("payload", Value::Null);
+    }
+}
+
+/// Adds the message variables that `reads` names to `scope`; `payload` is parsed as JSON when
+/// it is read (its text when it does not parse).
+pub fn add_message_reading(scope: &mut Context, msg: &Message, reads: Reads) {
+    if reads.key {
+        scope.add_variable_from_value("key", msg.key.as_deref().map_or(Value::Null, Value::from));
+    }
+    if reads.headers {
+        let headers: HashMap<String, Value> = msg
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        scope.add_variable_from_value("headers", Value::from(headers));
+    }
+    if reads.payload {
+        let payload = match serde_json::from_str::<serde_json::Value>(&msg.payload) {
             Ok(j) => json_to_cel(&j),
             Err(_) => Value::from(msg.payload.as_str()),
-        }
-    } else {
-        Value::Null
-    };
-    scope.add_variable_from_value("payload", payload);
+        };
+        scope.add_variable_from_value("payload", payload);
+    }
 }
 
 #[cfg(test)]
