@@ -12,29 +12,6 @@ use std::time::{Duration, Instant};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn connectors() -> String {
-    let (url, user, pass) = env().amqp_parts();
-    let kafka = env().var("KAFKA_BOOTSTRAP");
-    format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: rabbit-creds}}
-stringData: {{username: "{user}", password: "{pass}"}}
----
-apiVersion: devset.io/v1alpha1
-kind: BrokerConnector
-metadata: {{name: kafka}}
-spec: {{kafka: {{bootstrapServers: "{kafka}"}}}}
----
-apiVersion: devset.io/v1alpha1
-kind: BrokerConnector
-metadata: {{name: rabbit}}
-spec: {{rabbitmq: {{url: "{url}", secretRef: {{name: rabbit-creds}}}}}}
-"#
-    )
-}
-
 fn run_yaml(name: &str, workflow: &str, connector: &str) -> String {
     format!(
         "apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {{name: {name}}}\n\
@@ -58,19 +35,6 @@ fn wait_phase(ns: &str, run: &str, phase: &str, timeout: Duration) {
     });
 }
 
-fn count(script: &str, target: &str) -> i64 {
-    let out = env().client(script, &[target]);
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| {
-            panic!(
-                "{script} {target}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
 async fn happy_path_publishes_to_kafka_and_rabbitmq_and_completes() {
@@ -80,7 +44,7 @@ async fn happy_path_publishes_to_kafka_and_rabbitmq_and_completes() {
     let queue = unique("happy");
     declare_queue(&queue).await;
     let _controller = ControllerProcess::start(&ns.name, 10);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     env().apply(
         &ns.name,
         &format!(
@@ -143,8 +107,8 @@ spec:
     );
 
     // Independent clients count exactly the configured messages.
-    assert_eq!(count("kafka-count", &topic), 1000);
-    assert_eq!(count("rabbitmq-count", &queue), 1000);
+    assert_eq!(env().count("kafka-count", &topic), 1000);
+    assert_eq!(env().count("rabbitmq-count", &queue), 1000);
     // And the templates were rendered per message.
     let out = env().client("kafka-consume", &["-k", "-H", &topic, "1000", "30"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -194,7 +158,7 @@ fn a_run_waits_for_its_workflow_then_starts() {
     let ns = TestNamespace::new("missing");
     let topic = unique("missing");
     let _controller = ControllerProcess::start(&ns.name, 10);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     env().apply(&ns.name, &run_yaml("early", "later", "kafka"));
     wait_until(MINUTE, "reason WorkflowNotFound", || {
         (status(&ns.name, "early", "{.status.reason}") == "WorkflowNotFound").then_some(())
@@ -202,7 +166,7 @@ fn a_run_waits_for_its_workflow_then_starts() {
     assert_eq!(status(&ns.name, "early", "{.status.phase}"), "Pending");
     env().apply(&ns.name, &publish_workflow("later", &topic, 10, None));
     wait_phase(&ns.name, "early", "Completed", MINUTE);
-    assert_eq!(count("kafka-count", &topic), 10);
+    assert_eq!(env().count("kafka-count", &topic), 10);
 }
 
 #[test]
@@ -212,7 +176,7 @@ fn stop_goes_through_stopping_to_stopped_and_publishing_halts() {
     let ns = TestNamespace::new("stop");
     let topic = unique("stop");
     let _controller = ControllerProcess::start(&ns.name, 10);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     env().apply(
         &ns.name,
         &publish_workflow("slow", &topic, 100_000, Some(200)),
@@ -242,14 +206,14 @@ fn stop_goes_through_stopping_to_stopped_and_publishing_halts() {
         published > 0 && published < 100_000,
         "published {published}"
     );
-    let on_broker = count("kafka-count", &topic);
+    let on_broker = env().count("kafka-count", &topic);
     assert_eq!(
         on_broker, published,
         "the broker holds exactly what status reports"
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        count("kafka-count", &topic),
+        env().count("kafka-count", &topic),
         on_broker,
         "nothing is published after Stopped"
     );
@@ -309,7 +273,7 @@ fn at_most_max_active_runs_run_at_once_and_start_oldest_first() {
     install_crds();
     let ns = TestNamespace::new("limit");
     let _controller = ControllerProcess::start(&ns.name, 2);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     env().apply(
         &ns.name,
         "apiVersion: devset.io/v1alpha1\nkind: Workflow\nmetadata: {name: wait}\nspec:\n  stages:\n\
@@ -396,7 +360,7 @@ fn a_killed_controller_resumes_the_run_from_its_status() {
     let topic = unique("crash");
     let total = 20_000;
     let mut controller = ControllerProcess::start(&ns.name, 10);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     env().apply(
         &ns.name,
         &publish_workflow("steady", &topic, total, Some(2_000)),
@@ -418,7 +382,7 @@ fn a_killed_controller_resumes_the_run_from_its_status() {
     let published: u64 = status(&ns.name, "k1", "{.status.messagesPublished}")
         .parse()
         .unwrap();
-    let on_broker = count("kafka-count", &topic) as u64;
+    let on_broker = env().count("kafka-count", &topic) as u64;
     eprintln!(
         "crash test: killed at {at_kill} recorded, status {published}, broker {on_broker}: {} duplicate(s)",
         on_broker - total
@@ -434,7 +398,7 @@ fn deleting_a_running_run_stops_it_and_the_object_goes() {
     let ns = TestNamespace::new("delete");
     let topic = unique("delete");
     let _controller = ControllerProcess::start(&ns.name, 10);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     env().apply(
         &ns.name,
         &publish_workflow("slow", &topic, 100_000, Some(200)),
@@ -451,9 +415,13 @@ fn deleting_a_running_run_stops_it_and_the_object_goes() {
     env().kubectl_ok(&["delete", "run", "d1", "-n", &ns.name, "--timeout=60s"]);
     let gone = env().kubectl(&["get", "run", "d1", "-n", &ns.name]);
     assert!(!gone.status.success(), "the run is gone");
-    let after = count("kafka-count", &topic);
+    let after = env().count("kafka-count", &topic);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(count("kafka-count", &topic), after, "publishing stopped");
+    assert_eq!(
+        env().count("kafka-count", &topic),
+        after,
+        "publishing stopped"
+    );
     assert!(after < 100_000);
 }
 
@@ -478,11 +446,11 @@ fn metrics_count_reconciles_runs_and_published_messages() {
     });
     let (code, body) = http_get(port, "/healthz").unwrap();
     assert_eq!((code, body.trim()), (200, "ok"));
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     env().apply(&ns.name, &publish_workflow("twenty", &topic, 20, None));
     env().apply(&ns.name, &run_yaml("m1", "twenty", "kafka"));
     wait_phase(&ns.name, "m1", "Completed", MINUTE);
-    assert_eq!(count("kafka-count", &topic), 20);
+    assert_eq!(env().count("kafka-count", &topic), 20);
 
     // The store behind runs_by_phase sees Completed a moment after kubectl does.
     let text = wait_until(Duration::from_secs(30), "runs_by_phase Completed 1", || {
@@ -563,7 +531,7 @@ fn problems_cel_cannot_see_show_up_in_status_with_a_reason() {
     let ns = TestNamespace::new("problems");
     let _controller = ControllerProcess::start(&ns.name, 10);
     let (url, _, _) = env().amqp_parts();
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     env().apply(
         &ns.name,
         &format!(

@@ -16,29 +16,6 @@ use std::{io::Write, process::Stdio, time::Duration};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn connectors() -> String {
-    let (url, user, pass) = env().amqp_parts();
-    let kafka = env().var("KAFKA_BOOTSTRAP");
-    format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: rabbit-creds}}
-stringData: {{username: "{user}", password: "{pass}"}}
----
-apiVersion: devset.io/v1alpha1
-kind: BrokerConnector
-metadata: {{name: kafka}}
-spec: {{kafka: {{bootstrapServers: "{kafka}"}}}}
----
-apiVersion: devset.io/v1alpha1
-kind: BrokerConnector
-metadata: {{name: rabbit}}
-spec: {{rabbitmq: {{url: "{url}", secretRef: {{name: rabbit-creds}}}}}}
-"#
-    )
-}
-
 fn run_yaml(name: &str, workflow: &str, connector: &str, params: &str) -> String {
     format!(
         "apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {{name: {name}}}\n\
@@ -69,19 +46,6 @@ fn stage_field(ns: &str, run: &str, stage: &str, field: &str) -> String {
         run,
         &format!("{{.status.stages[?(@.name==\"{stage}\")].{field}}}"),
     )
-}
-
-fn count(script: &str, target: &str) -> i64 {
-    let out = env().client(script, &[target]);
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| {
-            panic!(
-                "{script} {target}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
 }
 
 /// Produces `lines` (KEY<TAB>VALUE) to `topic` with Kafka's console producer.
@@ -128,7 +92,7 @@ async fn an_approval_waits_survives_a_controller_kill_and_is_decided_once() {
     let before = unique("before");
     let after = unique("after");
     let mut controller = ControllerProcess::start(&ns.name, 1);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     env().apply(
         &ns.name,
         &format!(
@@ -230,9 +194,9 @@ spec:
         "ship it"
     );
     assert_eq!(status(&ns.name, "gated-1", "{.status.progress}"), "3/3");
-    assert_eq!(count("kafka-count", &before), 3);
+    assert_eq!(env().count("kafka-count", &before), 3);
     assert_eq!(
-        count("kafka-count", &after),
+        env().count("kafka-count", &after),
         4,
         "the rest is published once"
     );
@@ -272,7 +236,7 @@ fn rejections_and_timeouts_decide_as_configured() {
     install_crds();
     let ns = TestNamespace::new("reject");
     let _controller = ControllerProcess::start(&ns.name, 10);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     env().apply(
         &ns.name,
         r#"
@@ -347,7 +311,7 @@ fn when_continue_on_error_and_backoff() {
     let topic = unique("when");
     let empty = unique("empty");
     let _controller = ControllerProcess::start(&ns.name, 10);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     // An empty topic to expect on: created by producing nothing? Kafka auto-creates on first
     // metadata request only when allowed, so make it with one message the stage filters out.
     produce(&empty, &[order("x", "noise")]);
@@ -415,7 +379,7 @@ spec:
     assert_eq!(stage_field(&ns.name, "w1", "last", "phase"), "Succeeded");
     assert_eq!(status(&ns.name, "w1", "{.status.progress}"), "4/4");
     // seed 2 + last 1; us-only published nothing.
-    assert_eq!(count("kafka-count", &topic), 3);
+    assert_eq!(env().count("kafka-count", &topic), 3);
 
     // Backoff: the attempts of `flaky` start at least timeout + 0.5s, then timeout + 1s apart.
     let api = ApiProcess::start(&ns.name, &sqlite_store(&ns.name), "none");
@@ -445,7 +409,7 @@ async fn expect_on_kafka_counts_matches_from_where_it_starts_and_captures() {
     // One partition, so that the order of the messages is the order they were produced in.
     create_topic(&topic, 1);
     let _controller = ControllerProcess::start(&ns.name, 10);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     // Before the run: 3 paid orders. Only `Earliest` may see them.
     produce(
         &topic,
@@ -571,7 +535,7 @@ async fn expect_on_rabbitmq_consumes_a_queue_and_taps_an_exchange() {
     let key = unique("pay");
     declare_queue(&queue).await;
     let _controller = ControllerProcess::start(&ns.name, 10);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     let publish = |exchange: &str, routing_key: &str, body: &str| {
         let (url, user, pass) = env().amqp_parts();
         let host = url.trim_start_matches("amqp://");
@@ -637,7 +601,7 @@ spec:
     assert_eq!(stage_field(&ns.name, "r1", "settled", "outputs.last"), "4");
     assert_eq!(stage_field(&ns.name, "r1", "tapped", "received"), "2");
     // The queue was consumed: what the stage read is gone.
-    assert_eq!(count("rabbitmq-count", &queue), 0);
+    assert_eq!(env().count("rabbitmq-count", &queue), 0);
     // The tap queue is gone with the run.
     let tap = format!("devset.tap.{}.r1.tapped", ns.name);
     let out = env().client("rabbitmqctl-env", &["list_queues", "-q", "name"]);
@@ -681,7 +645,7 @@ fn the_readme_example_runs_against_a_small_payments_service() {
     create_topic(&orders, 3);
     create_topic(&payments, 3);
     let _controller = ControllerProcess::start(&ns.name, 10);
-    env().apply(&ns.name, &connectors());
+    env().apply(&ns.name, &env().connectors());
     // The system under test: answers each of the first 20 orders with a payment.
     let service = env()
         .command(common::repo().join("tests/bin/payments-service"))
@@ -721,7 +685,7 @@ fn the_readme_example_runs_against_a_small_payments_service() {
         "{question}"
     );
     assert_eq!(
-        count("kafka-count", &orders),
+        env().count("kafka-count", &orders),
         20,
         "only the first batch before the decision"
     );
@@ -733,7 +697,7 @@ fn the_readme_example_runs_against_a_small_payments_service() {
         r#"approval.devset.io/go-live={"decision":"Approved","user":"carol","comment":"payments look right"}"#,
     ]);
     wait_phase(&ns.name, run, "Completed", MINUTE);
-    assert_eq!(count("kafka-count", &orders), 40);
-    assert_eq!(count("kafka-count", &payments), 20);
+    assert_eq!(env().count("kafka-count", &orders), 40);
+    assert_eq!(env().count("kafka-count", &payments), 20);
     assert_eq!(status(&ns.name, run, "{.status.progress}"), "4/4");
 }

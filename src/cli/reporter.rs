@@ -127,6 +127,18 @@ impl Reporter {
         }
     }
 
+    /// Counts a message of `stage` (published, or matched by an expect stage) on its bar, and
+    /// prints its event when messages are shown.
+    fn message(&self, stage: &str, make: impl FnOnce() -> Event) {
+        if let Some(line) = self.stages.get(stage) {
+            line.published.fetch_add(1, Ordering::Relaxed);
+            line.bar.inc(1);
+        }
+        if self.messages {
+            self.emit(make());
+        }
+    }
+
     pub(super) fn emit(&self, e: Event) {
         if let Some(tx) = self.tx.lock().unwrap().as_ref() {
             let _ = tx.send(e);
@@ -282,12 +294,8 @@ impl Observer for Reporter {
         msg: &Message,
         delivery: &Delivery,
     ) {
-        if let Some(line) = self.stages.get(stage) {
-            line.published.fetch_add(1, Ordering::Relaxed);
-            line.bar.inc(1);
-        }
-        if self.messages {
-            self.emit(Event::published(
+        self.message(stage, || {
+            Event::published(
                 &self.key,
                 stage,
                 connector,
@@ -295,8 +303,8 @@ impl Observer for Reporter {
                 msg,
                 delivery,
                 MAX_PAYLOAD,
-            ));
-        }
+            )
+        });
     }
 
     fn received(
@@ -307,12 +315,8 @@ impl Observer for Reporter {
         msg: &Message,
         delivery: &Delivery,
     ) {
-        if let Some(line) = self.stages.get(stage) {
-            line.published.fetch_add(1, Ordering::Relaxed);
-            line.bar.inc(1);
-        }
-        if self.messages {
-            self.emit(Event::received(
+        self.message(stage, || {
+            Event::received(
                 &self.key,
                 stage,
                 connector,
@@ -320,8 +324,8 @@ impl Observer for Reporter {
                 msg,
                 delivery,
                 MAX_PAYLOAD,
-            ));
-        }
+            )
+        });
     }
 
     fn stage_waiting(&self, stage: &str, ask: &ApprovalAsk) {

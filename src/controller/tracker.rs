@@ -87,6 +87,17 @@ impl Tracker {
         }
     }
 
+    /// Appends a message event made by `make` (given the payload cap) while the run is under
+    /// the store's cap of message events; beyond it, counts the event instead.
+    fn log_message(&self, make: impl FnOnce(usize) -> Event) {
+        let limits = self.log.store().limits();
+        if self.logged.fetch_add(1, Ordering::Relaxed) < limits.max_message_events {
+            self.log.append(&self.key, make(limits.max_payload_bytes));
+        } else {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn stage<R>(
         &self,
         name: &str,
@@ -200,21 +211,9 @@ impl Observer for Tracker {
         msg: &Message,
         delivery: &Delivery,
     ) {
-        let limits = self.log.store().limits();
-        if self.logged.fetch_add(1, Ordering::Relaxed) < limits.max_message_events {
-            let e = Event::published(
-                &self.key,
-                stage,
-                connector,
-                target,
-                msg,
-                delivery,
-                limits.max_payload_bytes,
-            );
-            self.log.append(&self.key, e);
-        } else {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
-        }
+        self.log_message(|max| {
+            Event::published(&self.key, stage, connector, target, msg, delivery, max)
+        });
         self.metrics.published(stage);
         self.stage(stage, |s, st| {
             *s.published.get_or_insert(0) += 1;
@@ -230,21 +229,9 @@ impl Observer for Tracker {
         msg: &Message,
         delivery: &Delivery,
     ) {
-        let limits = self.log.store().limits();
-        if self.logged.fetch_add(1, Ordering::Relaxed) < limits.max_message_events {
-            let e = Event::received(
-                &self.key,
-                stage,
-                connector,
-                source,
-                msg,
-                delivery,
-                limits.max_payload_bytes,
-            );
-            self.log.append(&self.key, e);
-        } else {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
-        }
+        self.log_message(|max| {
+            Event::received(&self.key, stage, connector, source, msg, delivery, max)
+        });
         self.metrics.published(stage);
         self.stage(stage, |s, _| *s.received.get_or_insert(0) += 1);
     }

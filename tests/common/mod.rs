@@ -238,6 +238,46 @@ impl TestEnv {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The manifests of a Secret with the RabbitMQ credentials and two BrokerConnectors, `kafka`
+    /// and `rabbit`, for the test environment's brokers.
+    pub fn connectors(&self) -> String {
+        let (url, user, pass) = self.amqp_parts();
+        let kafka = self.var("KAFKA_BOOTSTRAP");
+        format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: rabbit-creds}}
+stringData: {{username: "{user}", password: "{pass}"}}
+---
+apiVersion: devset.io/v1alpha1
+kind: BrokerConnector
+metadata: {{name: kafka}}
+spec: {{kafka: {{bootstrapServers: "{kafka}"}}}}
+---
+apiVersion: devset.io/v1alpha1
+kind: BrokerConnector
+metadata: {{name: rabbit}}
+spec: {{rabbitmq: {{url: "{url}", secretRef: {{name: rabbit-creds}}}}}}
+"#
+        )
+    }
+
+    /// The number a counting client of `tests/bin/` prints for `target` (`kafka-count TOPIC`,
+    /// `rabbitmq-count QUEUE`); panics with its error.
+    pub fn count(&self, script: &str, target: &str) -> i64 {
+        let out = self.client(script, &[target]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{script} {target}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+    }
+
     /// The AMQP URL without its credentials, and the user and password it carried.
     pub fn amqp_parts(&self) -> (String, String, String) {
         let url = self.var("AMQP_URL");
