@@ -262,6 +262,21 @@ pub enum Decision {
     Rejected,
 }
 
+/// The annotation that names who or what created a run: the Kubernetes user for runs created
+/// through `devset api` (`system:serviceaccount:NS:NAME`, `alice`), `schedule/NAME` for runs a
+/// WorkflowSchedule created. Set once at creation; the controller copies it into
+/// `status.triggeredBy`. The chart's admission policy lets a creator set it only to their own
+/// user name, and nobody but the operator or a cluster admin change or remove it.
+pub const TRIGGERED_BY_ANNOTATION: &str = "devset.io/triggered-by";
+
+/// The label of a run created as a retry or re-run: the name of the run it repeats.
+pub const RERUN_OF_LABEL: &str = "devset.io/rerun-of";
+
+/// The label of a run created as a retry or re-run: the first run of its lineage (the source's
+/// own root label, or the source's name when it has none), so that
+/// `kubectl get runs -l devset.io/rerun-root=RUN` lists every repetition of RUN.
+pub const RERUN_ROOT_LABEL: &str = "devset.io/rerun-root";
+
 /// The prefix of the annotations that carry decisions on approval stages:
 /// `approval.devset.io/STAGE`, whose value is an [`ApprovalRecord`] as JSON. `devset api` writes
 /// it after checking the RBAC verb `approve` and the stage's `approvers`; the controller reads
