@@ -47,22 +47,42 @@ use std::collections::BTreeMap;
         priority = 1
     ),
     printcolumn(
+        name = "TriggeredBy",
+        type_ = "string",
+        json_path = ".status.triggeredBy",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("has(self.workflowRef) || has(self.rerunOf)")
+    .message("spec.workflowRef is required unless spec.rerunOf names the run to repeat")
+    .field_path(".workflowRef")
+    .reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("has(self.connectorRef) || has(self.rerunOf)")
+    .message("spec.connectorRef is required unless spec.rerunOf names the run to repeat")
+    .field_path(".connectorRef")
+    .reason(Reason::FieldValueRequired))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowRunSpec {
     /// The `Workflow` to run, in the same namespace. Cannot change once the run exists.
+    /// Optional with `rerunOf`: the repeated run's workflow (as it is now).
+    // An absent ref reads as an empty name (and is not written back), so that code reading
+    // `spec.workflowRef.name` keeps working; `WorkflowRun::workflow_name` resolves it.
+    #[serde(default, skip_serializing_if = "LocalObjectRef::is_empty")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("cannot change once the run exists; create a new run instead"))]
     pub workflow_ref: LocalObjectRef,
     /// The `BrokerConnector` to publish through, in the same namespace. Cannot change once the
-    /// run exists.
+    /// run exists. Optional with `rerunOf`: the repeated run's connector.
+    #[serde(default, skip_serializing_if = "LocalObjectRef::is_empty")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("cannot change once the run exists; create a new run instead"))]
     pub connector_ref: LocalObjectRef,
-    /// Values for the workflow's params, by name. Unset params take their default. The run
-    /// uses the values it had when it started.
+    /// Values for the workflow's params, by name. Unset params take their default (with
+    /// `rerunOf`: the repeated run's value first). The run uses the values it had when it
+    /// started.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "crate::api::map_of_any_value")]
     pub params: BTreeMap<String, serde_json::Value>,
@@ -70,6 +90,32 @@ pub struct WorkflowRunSpec {
     /// deliveries are awaited, and the run ends `Stopped`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stop: bool,
+    /// Repeat an earlier run of the same namespace: a retry (from the start), or a re-run from
+    /// `fromStage`. The run uses the current Workflow; `workflowRef`, `connectorRef` and each
+    /// param default to the earlier run's. The earlier run must have finished (until then this
+    /// run waits `Pending`) and is never modified. Read when the run starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<RerunOf>,
+    /// Delete the run (and its event log) this many seconds after it finished. Unset: kept
+    /// until deleted (its event log expires with the event store's retention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+/// The run that a retry or re-run repeats.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RerunOf {
+    /// The earlier WorkflowRun, in the same namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Run from this stage: the stages it depends on (directly or not) are not executed; they
+    /// are `Inherited`, with their outputs copied from the earlier run. Unset: a retry from the
+    /// start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub from_stage: Option<String>,
 }
 
 /// A reference to an object in the same namespace.
@@ -78,6 +124,13 @@ pub struct LocalObjectRef {
     /// The object's name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+}
+
+impl LocalObjectRef {
+    /// No name: the reference was left out.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_empty()
+    }
 }
 
 /// Where a run is in its life.
@@ -190,6 +243,22 @@ pub struct WorkflowRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::pinned_workflow")]
     pub workflow: Option<WorkflowSpec>,
+    /// Who or what created the run: the Kubernetes user for runs created through `devset api`,
+    /// `schedule/NAME` for scheduled runs, else the field manager that created it (e.g.
+    /// `kubectl-client-side-apply`, `helm`). Written once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_by: Option<String>,
+    /// The Workflow the run started (its own `workflowRef`, or the repeated run's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_ref: Option<LocalObjectRef>,
+    /// The BrokerConnector the run started with (its own, or the repeated run's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector_ref: Option<LocalObjectRef>,
+    /// The params the run was given when it started (its own over the repeated run's); unset
+    /// params took the workflow's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::map_of_any_value")]
+    pub params: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// The progress of one stage.
