@@ -10,19 +10,30 @@
 //! | `POST …/workflowruns/{name}/stages/{stage}/approve`, `…/reject` | `approve` (then the stage's `approvers`) |
 //! | `GET …/workflowruns/{name}/events`, `…/events/{seq}` | `get` |
 //! | `GET /api/v1/openapi.json`, `/metrics`, `/healthz`, `/readyz` | none |
+//!
+//! ## Adding routes
+//! The routes are grouped by resource, one file each under `src/server/` (`runs.rs`,
+//! `events.rs`, `approval.rs`, `ops.rs`, …). A file exposes
+//! `pub(super) fn router() -> Router<Arc<AppState>>` with its routes, and [`router`] below
+//! merges it with one line (`.merge(myresource::router())`). Shared helpers (namespace check,
+//! run lookup, 404) are in `routes.rs`, the error type in `error.rs`, RBAC checks in `auth.rs`.
 
 mod approval;
 mod auth;
 mod error;
+mod events;
 mod hub;
 mod metrics;
 mod openapi;
+mod ops;
 mod routes;
+mod runs;
 
 pub use auth::AuthMode;
 
 use crate::{api::WorkflowRun, events::StoreArgs};
 use anyhow::Context as _;
+use axum::{Router, extract::State, middleware, routing::post};
 use futures::StreamExt;
 use kube::{
     Client,
@@ -64,6 +75,31 @@ pub(crate) struct AppState {
     /// The namespaces served; empty for all.
     pub namespaces: Vec<String>,
     pub shutdown: CancellationToken,
+}
+
+/// The state argument of every handler.
+pub(crate) type S = State<Arc<AppState>>;
+
+/// Every route of the API: one `.merge(…)` per resource file.
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .merge(runs::router())
+        .merge(events::router())
+        .merge(approval_router())
+        .merge(ops::router())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            ops::count_requests,
+        ))
+        .with_state(state)
+}
+
+/// The approval routes (handlers in `approval.rs`).
+fn approval_router() -> Router<Arc<AppState>> {
+    let stage = "/api/v1/namespaces/{namespace}/workflowruns/{name}/stages/{stage}";
+    Router::new()
+        .route(&format!("{stage}/approve"), post(approval::approve))
+        .route(&format!("{stage}/reject"), post(approval::reject))
 }
 
 /// Serves the API until SIGTERM or Ctrl-C.
@@ -111,7 +147,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         namespaces: settings.namespaces.clone(),
         shutdown: shutdown.clone(),
     });
-    let app = routes::router(state.clone());
+    let app = router(state.clone());
     let addr = listener.local_addr()?;
     info!(%addr, event_store = store.describe(), auth = ?settings.auth, "devset api listening");
     let stop = shutdown.clone();

@@ -4,7 +4,7 @@
 use super::{
     approval::{Decided, DecisionRequest},
     error::Status,
-    routes::{RunList, RunSummary},
+    runs::{RunList, RunSummary},
 };
 use crate::events::Event;
 use serde_json::{Value, json};
