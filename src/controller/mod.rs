@@ -3,6 +3,7 @@
 mod approvals;
 pub mod conditions;
 mod connector;
+mod lifecycle;
 pub mod leader;
 pub mod metrics;
 mod run;

@@ -5,14 +5,15 @@ use super::{
     Context, Error, FINALIZER, Result, apply_status,
     approvals::{RunApprovals, verdict},
     conditions, connector, drain,
+    lifecycle::{self, Blocked},
     metrics::WORKFLOWRUN,
-    tracker::{Tracker, progress},
+    tracker::{Tracker, phase_events, progress, write_final, write_if_changed},
     watcher_apis,
 };
 use crate::watch::Stores;
 use crate::{
     api::{
-        BrokerConnector, RunPhase, StagePhase, StageStatus, Workflow, WorkflowRun,
+        BrokerConnector, LocalObjectRef, RunPhase, StagePhase, StageStatus, Workflow, WorkflowRun,
         WorkflowRunStatus, WorkflowSpec, conditions::SUCCEEDED,
     },
     brokers::BrokerConfig,
@@ -224,11 +225,25 @@ async fn cleanup(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action> {
 }
 
 async fn apply(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action> {
-    let status = run.status.clone().unwrap_or_default();
+    let mut status = run.status.clone().unwrap_or_default();
     let phase = status.phase.unwrap_or_default();
+    // Who started it, copied once; every status write below carries it.
+    let unattributed = status.triggered_by.is_none();
+    if unattributed {
+        status.triggered_by = Some(lifecycle::triggered_by(&run));
+    }
     if phase.is_finished() {
         ctx.runs.finished.lock().unwrap().remove(&key(&run));
-        return Ok(Action::await_change());
+        if unattributed {
+            // A run that finished before runs were attributed.
+            apply_status(
+                &ctx.api::<WorkflowRun>(&run.namespace().unwrap_or_default()),
+                run.as_ref(),
+                &status,
+            )
+            .await?;
+        }
+        return lifecycle::expire(&run, &status, ctx).await;
     }
     if ctx.runs.finished.lock().unwrap().contains(&key(&run)) {
         // A cached object older than the final status written; its update is on the way.
@@ -303,7 +318,14 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
     }
-    let wf_name = &run.spec.workflow_ref.name;
+    let resolved = match lifecycle::resolve(ctx, &run).await? {
+        Ok(r) => r,
+        Err(Blocked::Wait(reason, msg)) => return pending(&run, status, ctx, reason, msg).await,
+        Err(Blocked::Fail(reason, msg)) => {
+            return finish_pending(&run, status, ctx, RunPhase::Failed, reason, msg).await;
+        }
+    };
+    let wf_name = &resolved.workflow;
     let Some(wf) = ctx.api::<Workflow>(&ns).get_opt(wf_name).await? else {
         let msg = format!(
             "Workflow {wf_name:?} not found in namespace {ns:?}; the run starts when it appears"
@@ -317,11 +339,20 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
         );
         return finish_pending(&run, status, ctx, RunPhase::Failed, p.reason, msg).await;
     }
-    let brokers = match resolve_brokers(ctx, &ns, &run, &wf.spec).await? {
+    let inherited = match &resolved.source {
+        Some(src) => match lifecycle::inherited(&wf.spec, wf_name, src) {
+            Ok(i) => i,
+            Err((reason, msg)) => {
+                return finish_pending(&run, status, ctx, RunPhase::Failed, reason, msg).await;
+            }
+        },
+        None => BTreeMap::new(),
+    };
+    let brokers = match resolve_brokers(ctx, &ns, &resolved.connector, &wf.spec).await? {
         Ok(b) => b,
         Err((reason, msg)) => return pending(&run, status, ctx, reason, msg).await,
     };
-    let params = match resolve_params(&wf.spec.params, &run.spec.params) {
+    let params = match resolve_params(&wf.spec.params, &resolved.params) {
         Ok(p) => p,
         Err(e) => {
             return finish_pending(
@@ -369,11 +400,18 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
         return pending(&run, status, ctx, "Queued", msg).await;
     }
     let now = Timestamp::now();
+    let repeats = resolved.source.as_ref().map_or(String::new(), |s| {
+        let from = s
+            .from_stage
+            .as_ref()
+            .map_or(String::new(), |f| format!(" from stage {f:?}"));
+        format!(" (a re-run of {:?}{from})", s.name)
+    });
     let mut new = WorkflowRunStatus {
         phase: Some(RunPhase::Running),
         reason: Some("Running".into()),
         message: Some(format!(
-            "running workflow {wf_name:?} through {}",
+            "running workflow {wf_name:?} through {}{repeats}",
             brokers
                 .values()
                 .map(|b| b.describe())
@@ -388,12 +426,24 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
             .spec
             .stages
             .iter()
-            .map(|s| StageStatus {
-                name: s.name.clone(),
-                ..Default::default()
+            .map(|s| {
+                inherited
+                    .get(&s.name)
+                    .cloned()
+                    .unwrap_or_else(|| StageStatus {
+                        name: s.name.clone(),
+                        ..Default::default()
+                    })
             })
             .collect(),
         workflow: Some(wf.spec.clone()),
+        workflow_ref: Some(LocalObjectRef {
+            name: wf_name.clone(),
+        }),
+        connector_ref: Some(LocalObjectRef {
+            name: resolved.connector.clone(),
+        }),
+        params: Some(resolved.params.clone()),
         ..status
     };
     new.progress = Some(progress(&new));
@@ -420,9 +470,9 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
         run_namespace: ns,
         spec: wf.spec.clone(),
         params,
-        resume: BTreeMap::new(),
+        resume: lifecycle::resume_of(&inherited),
         brokers,
-        default_connector: run.spec.connector_ref.name.clone(),
+        default_connector: resolved.connector.clone(),
         started_at: now,
         approvals: approvals.clone(),
         pause: ctx.runs.shutdown.child_token(),
@@ -467,13 +517,22 @@ async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context)
         )
         .await;
     };
-    let brokers = match resolve_brokers(ctx, &ns, &run, &spec).await? {
+    // What it started with (recorded in status; runs started before that, their spec).
+    let connector = status
+        .connector_ref
+        .as_ref()
+        .map_or_else(|| run.spec.connector_ref.name.clone(), |c| c.name.clone());
+    let given = status
+        .params
+        .clone()
+        .unwrap_or_else(|| run.spec.params.clone());
+    let brokers = match resolve_brokers(ctx, &ns, &connector, &spec).await? {
         Ok(b) => b,
         Err((reason, msg)) => {
             return finish_pending(&run, status, ctx, RunPhase::Failed, reason, msg).await;
         }
     };
-    let params = match resolve_params(&spec.params, &run.spec.params) {
+    let params = match resolve_params(&spec.params, &given) {
         Ok(p) => p,
         Err(e) => {
             return finish_pending(
@@ -538,7 +597,7 @@ async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context)
         params,
         resume,
         brokers,
-        default_connector: run.spec.connector_ref.name.clone(),
+        default_connector: connector,
         started_at: status
             .started_at
             .as_ref()
@@ -558,10 +617,10 @@ async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context)
 async fn resolve_brokers(
     ctx: &Context,
     ns: &str,
-    run: &WorkflowRun,
+    connector: &str,
     spec: &WorkflowSpec,
 ) -> Result<std::result::Result<BTreeMap<String, BrokerConfig>, (&'static str, String)>> {
-    let mut names = vec![run.spec.connector_ref.name.clone()];
+    let mut names = vec![connector.to_owned()];
     names.extend(
         spec.stages
             .iter()
@@ -632,7 +691,8 @@ async fn pending(
         run.metadata.generation,
         now,
     );
-    if new != status {
+    // Compared with what is stored (the caller's status may carry a new triggeredBy).
+    if Some(&new) != run.status.as_ref() {
         if status.phase != Some(RunPhase::Pending) || status.reason.as_deref() != Some(reason) {
             log_phase(ctx, run, RunPhase::Pending, reason, &message);
         }
@@ -647,9 +707,12 @@ async fn pending(
         }
     }
     // References are watched, queued runs are woken when a slot frees; this is a safety net.
-    Ok(Action::requeue(Duration::from_secs(
-        if reason == "Queued" { 30 } else { 60 },
-    )))
+    // A re-run waiting for its source looks again soon (the source may finish any moment).
+    Ok(Action::requeue(Duration::from_secs(match reason {
+        "Queued" => 30,
+        lifecycle::SOURCE_NOT_FOUND | lifecycle::SOURCE_NOT_FINISHED => 3,
+        _ => 60,
+    })))
 }
 
 /// Ends a run that has no task (Stopped before start, or Failed on its references).
@@ -832,86 +895,6 @@ fn spawn(
         tracker,
         approvals,
         done: done_rx,
-    }
-}
-
-/// The Kubernetes Events of what changed between two written statuses: the run starts or stops
-/// waiting for a decision, and each decision.
-fn phase_events(stages: &[StageStatus], now: &WorkflowRunStatus) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    for s in &now.stages {
-        let was = stages.iter().find(|o| o.name == s.name);
-        if s.phase == StagePhase::WaitingForApproval
-            && was.is_none_or(|o| o.phase != StagePhase::WaitingForApproval)
-        {
-            out.push((
-                "WaitingForApproval",
-                format!(
-                    "stage {:?} waits for a decision: {}",
-                    s.name,
-                    s.message.as_deref().unwrap_or_default()
-                ),
-            ));
-        }
-        if let Some(a) = &s.approval
-            && was.is_none_or(|o| o.approval.is_none())
-        {
-            let (reason, verb) = match a.decision {
-                crate::api::Decision::Approved => ("Approved", "approved"),
-                crate::api::Decision::Rejected => ("Rejected", "rejected"),
-            };
-            let comment = a
-                .comment
-                .as_deref()
-                .map(|c| format!(": {c}"))
-                .unwrap_or_default();
-            out.push((
-                reason,
-                format!("stage {:?} {verb} by {}{comment}", s.name, a.user),
-            ));
-        }
-    }
-    out
-}
-
-/// Writes a run's final status, retrying for a while: until it lands, the status still says
-/// Running, and a restarted controller would resume the run.
-async fn write_final(
-    api: &Api<WorkflowRun>,
-    run: &WorkflowRun,
-    status: &WorkflowRunStatus,
-) -> bool {
-    let mut wait = Duration::from_millis(200);
-    for attempt in 1..=6 {
-        match apply_status(api, run, status).await {
-            Ok(()) => return true,
-            Err(e) if attempt < 6 => {
-                warn!(error = %e, attempt, "cannot write the final status; retrying");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-            }
-            Err(e) => warn!(error = %e, "cannot write the final status; giving up"),
-        }
-    }
-    false
-}
-
-async fn write_if_changed(
-    api: &Api<WorkflowRun>,
-    run: &WorkflowRun,
-    tracker: &Tracker,
-    written: WorkflowRunStatus,
-) -> WorkflowRunStatus {
-    let now = tracker.status.lock().unwrap().clone();
-    if now == written {
-        return written;
-    }
-    match apply_status(api, run, &now).await {
-        Ok(()) => now,
-        Err(e) => {
-            warn!(error = %e, "cannot write run progress; will retry");
-            written
-        }
     }
 }
 

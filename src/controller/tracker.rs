@@ -1,7 +1,8 @@
 //! The live status of one executing run: the engine's [`Observer`], writing the run's event log
 //! as things happen and keeping the status the writer task sends to the API server, coalesced.
 
-use super::metrics::RunMetrics;
+use super::{apply_status, metrics::RunMetrics};
+use crate::api::WorkflowRun;
 use crate::{
     api::{ApprovalRecord, Decision, RunPhase, StagePhase, StageStatus, WorkflowRunStatus},
     brokers::Delivery,
@@ -13,6 +14,8 @@ use crate::{
     message::{Message, Target},
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::Api;
+use std::time::Duration;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -21,6 +24,7 @@ use std::{
     },
 };
 use tokio::sync::Notify;
+use tracing::warn;
 
 /// The live status of one executing run, fed by the engine and read by the status writer.
 pub(super) struct Tracker {
@@ -324,5 +328,88 @@ impl Observer for Tracker {
         drop(st);
         self.update_run_phase();
         self.changed.notify_one();
+    }
+}
+
+/// The Kubernetes Events of what changed between two written statuses: the run starts or stops
+/// waiting for a decision, and each decision.
+pub(super) fn phase_events(
+    stages: &[StageStatus],
+    now: &WorkflowRunStatus,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for s in &now.stages {
+        let was = stages.iter().find(|o| o.name == s.name);
+        if s.phase == StagePhase::WaitingForApproval
+            && was.is_none_or(|o| o.phase != StagePhase::WaitingForApproval)
+        {
+            out.push((
+                "WaitingForApproval",
+                format!(
+                    "stage {:?} waits for a decision: {}",
+                    s.name,
+                    s.message.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        if let Some(a) = &s.approval
+            && was.is_none_or(|o| o.approval.is_none())
+        {
+            let (reason, verb) = match a.decision {
+                crate::api::Decision::Approved => ("Approved", "approved"),
+                crate::api::Decision::Rejected => ("Rejected", "rejected"),
+            };
+            let comment = a
+                .comment
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            out.push((
+                reason,
+                format!("stage {:?} {verb} by {}{comment}", s.name, a.user),
+            ));
+        }
+    }
+    out
+}
+
+/// Writes a run's final status, retrying for a while: until it lands, the status still says
+/// Running, and a restarted controller would resume the run.
+pub(super) async fn write_final(
+    api: &Api<WorkflowRun>,
+    run: &WorkflowRun,
+    status: &WorkflowRunStatus,
+) -> bool {
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1..=6 {
+        match apply_status(api, run, status).await {
+            Ok(()) => return true,
+            Err(e) if attempt < 6 => {
+                warn!(error = %e, attempt, "cannot write the final status; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => warn!(error = %e, "cannot write the final status; giving up"),
+        }
+    }
+    false
+}
+
+pub(super) async fn write_if_changed(
+    api: &Api<WorkflowRun>,
+    run: &WorkflowRun,
+    tracker: &Tracker,
+    written: WorkflowRunStatus,
+) -> WorkflowRunStatus {
+    let now = tracker.status.lock().unwrap().clone();
+    if now == written {
+        return written;
+    }
+    match apply_status(api, run, &now).await {
+        Ok(()) => now,
+        Err(e) => {
+            warn!(error = %e, "cannot write run progress; will retry");
+            written
+        }
     }
 }
