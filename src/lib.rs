@@ -10,6 +10,7 @@ pub mod crdgen;
 pub mod engine;
 pub mod events;
 pub mod message;
+pub mod schedule;
 pub mod server;
 pub mod watch;
 

@@ -9,10 +9,12 @@
 
 mod connector;
 mod run;
+mod schedule;
 mod workflow;
 
 pub use connector::*;
 pub use run::*;
+pub use schedule::*;
 pub use workflow::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -35,7 +37,12 @@ pub mod conditions {
 
 /// Every CRD of the API, in a stable order (the order `devset crds` prints them).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![BrokerConnector::crd(), Workflow::crd(), WorkflowRun::crd()]
+    vec![
+        BrokerConnector::crd(),
+        Workflow::crd(),
+        WorkflowRun::crd(),
+        WorkflowSchedule::crd(),
+    ]
 }
 
 // Schema helpers for fields whose value may be any JSON scalar (params, defaults). Kubernetes
