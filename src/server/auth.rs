@@ -47,6 +47,8 @@ pub enum Verb {
     Get,
     List,
     Patch,
+    /// Creating runs (the trigger, retry and re-run routes).
+    Create,
     /// The custom verb that decides approval stages.
     Approve,
 }
@@ -57,6 +59,7 @@ impl Verb {
             Verb::Get => "get",
             Verb::List => "list",
             Verb::Patch => "patch",
+            Verb::Create => "create",
             Verb::Approve => "approve",
         }
     }
