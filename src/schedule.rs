@@ -32,6 +32,8 @@ pub const DEFAULT_TIME_ZONE: &str = "UTC";
 pub enum ScheduleError {
     #[error("spec.schedule {text:?}: {message}")]
     InvalidSchedule { text: String, message: String },
+    #[error("spec.endAt must be after spec.startAt")]
+    InvalidWindow,
     #[error(
         "spec.timeZone {name:?} is not a time zone of the IANA database; use a name such as UTC, \
          Europe/Paris or America/New_York"
@@ -45,6 +47,7 @@ impl ScheduleError {
         match self {
             Self::InvalidSchedule { .. } => "InvalidSchedule",
             Self::InvalidTimeZone { .. } => "InvalidTimeZone",
+            Self::InvalidWindow => "InvalidWindow",
         }
     }
 
@@ -53,6 +56,7 @@ impl ScheduleError {
         match self {
             Self::InvalidSchedule { .. } => "spec.schedule",
             Self::InvalidTimeZone { .. } => "spec.timeZone",
+            Self::InvalidWindow => "spec.endAt",
         }
     }
 }
@@ -231,6 +235,36 @@ pub struct Window {
 impl Window {
     fn allows(&self, t: Timestamp) -> bool {
         self.start_at.is_none_or(|s| t >= s) && self.end_at.is_none_or(|e| t < e)
+    }
+}
+
+/// A schedule's fields as the spec has them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spec<'a> {
+    pub schedule: &'a str,
+    pub time_zone: Option<&'a str>,
+    pub start_at: Option<Timestamp>,
+    pub end_at: Option<Timestamp>,
+    pub starting_deadline_seconds: Option<i64>,
+}
+
+impl Spec<'_> {
+    /// The schedule and its window, or the first thing wrong with them.
+    pub fn parse(&self) -> Result<(Schedule, Window), ScheduleError> {
+        if let (Some(s), Some(e)) = (self.start_at, self.end_at)
+            && e <= s
+        {
+            return Err(ScheduleError::InvalidWindow);
+        }
+        let schedule = Schedule::parse(self.schedule, self.time_zone, self.start_at)?;
+        let window = Window {
+            start_at: self.start_at,
+            end_at: self.end_at,
+            deadline: self
+                .starting_deadline_seconds
+                .map(|s| Duration::from_secs(s.max(0).unsigned_abs())),
+        };
+        Ok((schedule, window))
     }
 }
 

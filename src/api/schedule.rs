@@ -1,9 +1,13 @@
-use crate::api::WorkflowRunSpec;
+use crate::{
+    api::{TRIGGERED_BY_ANNOTATION, WorkflowRun, WorkflowRunSpec},
+    schedule::{Schedule, ScheduleError, Spec, Window},
+};
+use jiff::Timestamp;
 use k8s_openapi::{
     api::core::v1::ObjectReference,
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time},
 };
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, KubeSchema, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -209,3 +213,69 @@ pub struct WorkflowScheduleStatus {
 
 /// The label on every run a schedule creates: the schedule's name.
 pub const SCHEDULE_LABEL: &str = "devset.io/schedule";
+/// The annotation on a scheduled run: the time it was scheduled for (RFC 3339); absent on a
+/// run fired now.
+pub const SCHEDULED_AT_ANNOTATION: &str = "devset.io/scheduled-at";
+
+impl WorkflowScheduleSpec {
+    /// The schedule and its window, or what is wrong with them (naming the field).
+    pub fn parse(&self) -> Result<(Schedule, Window), ScheduleError> {
+        Spec {
+            schedule: &self.schedule,
+            time_zone: self.time_zone.as_deref(),
+            start_at: self.start_at.as_ref().map(|t| t.0),
+            end_at: self.end_at.as_ref().map(|t| t.0),
+            starting_deadline_seconds: self.starting_deadline_seconds,
+        }
+        .parse()
+    }
+}
+
+impl WorkflowSchedule {
+    /// The run this schedule creates: `name` (or, without one, a name generated from
+    /// `SCHEDULE-manual-`), its template's labels and annotations plus [`SCHEDULE_LABEL`], the
+    /// [`TRIGGERED_BY_ANNOTATION`] `triggered_by`, [`SCHEDULED_AT_ANNOTATION`] when
+    /// `scheduled_for` is given, and the schedule as its controlling owner.
+    pub fn new_run(
+        &self,
+        name: Option<String>,
+        scheduled_for: Option<Timestamp>,
+        triggered_by: &str,
+    ) -> WorkflowRun {
+        let schedule = self.name_any();
+        let template = &self.spec.run_template;
+        let mut labels = template.metadata.labels.clone();
+        labels.insert(SCHEDULE_LABEL.into(), schedule.clone());
+        let mut annotations = template.metadata.annotations.clone();
+        annotations.insert(TRIGGERED_BY_ANNOTATION.into(), triggered_by.into());
+        if let Some(t) = scheduled_for {
+            annotations.insert(SCHEDULED_AT_ANNOTATION.into(), t.to_string());
+        }
+        let generate_name = name.is_none().then(|| format!("{schedule}-manual-"));
+        let mut spec = template.spec.clone();
+        spec.stop = false;
+        WorkflowRun {
+            metadata: ObjectMeta {
+                name,
+                generate_name,
+                namespace: self.namespace(),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                owner_references: self.controller_owner_ref(&()).map(|o| vec![o]),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+
+    /// Whether `run` was created by this schedule (its label and controlling owner).
+    pub fn owns(&self, run: &WorkflowRun) -> bool {
+        let uid = self.metadata.uid.as_deref();
+        run.labels().get(SCHEDULE_LABEL) == Some(&self.name_any())
+            && run
+                .owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+    }
+}

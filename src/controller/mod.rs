@@ -7,6 +7,7 @@ mod lifecycle;
 pub mod leader;
 pub mod metrics;
 mod run;
+mod schedule;
 mod tracker;
 mod workflow;
 
@@ -142,6 +143,7 @@ async fn check_crds(client: &Client) -> anyhow::Result<()> {
         "brokerconnectors.devset.io",
         "workflows.devset.io",
         "workflowruns.devset.io",
+        "workflowschedules.devset.io",
     ] {
         match crds.get_opt(name).await {
             Ok(Some(_)) => {}
@@ -240,7 +242,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let connectors = connector::controller(ctx.clone());
     let workflows = workflow::controller(ctx.clone());
     let runs = runs_ctl(ctx.clone());
-    tokio::join!(connectors, workflows, runs);
+    let schedules = schedule::controller(ctx.clone());
+    tokio::join!(connectors, workflows, runs, schedules);
     ctx.metrics.set_leader(false);
     // The controllers ended on a signal or a lost Lease: stop the runs in flight gracefully so
     // that the next leader resumes them from their status.

@@ -9,6 +9,7 @@
 //! | `POST …/workflowruns/{name}/stop` | `patch` |
 //! | `POST …/workflowruns/{name}/stages/{stage}/approve`, `…/reject` | `approve` (then the stage's `approvers`) |
 //! | `GET …/workflowruns/{name}/events`, `…/events/{seq}` | `get` |
+//! | `POST /api/v1/namespaces/{ns}/workflowschedules/{name}/fire` | `create` |
 //! | `GET /api/v1/openapi.json`, `/metrics`, `/healthz`, `/readyz` | none |
 //!
 //! ## Adding routes
@@ -28,6 +29,7 @@ mod openapi;
 mod ops;
 mod routes;
 mod runs;
+mod schedules;
 
 pub use auth::AuthMode;
 
@@ -87,6 +89,7 @@ fn router(state: Arc<AppState>) -> Router {
         .merge(events::router())
         .merge(approval_router())
         .merge(ops::router())
+        .merge(schedules::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             ops::count_requests,
