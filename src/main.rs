@@ -36,6 +36,9 @@ enum Command {
     Reject(devset::cli::approve::ApproveArgs),
     /// Check manifests offline: the CRDs' schema and CEL rules, and the workflow checks.
     Lint(devset::cli::lint::LintArgs),
+    /// Start a run of a WorkflowSchedule now, through devset api (whatever its times, suspend
+    /// and concurrency policy).
+    Fire(devset::cli::fire::FireArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +103,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ));
         }
         Command::Lint(args) => return Ok(devset::cli::lint::lint(&args)),
+        Command::Fire(args) => {
+            init_cli_tracing();
+            return Ok(devset::cli::fire::fire(&args));
+        }
         Command::Api(settings) => {
             init_tracing();
             tokio::runtime::Runtime::new()?.block_on(devset::server::run(settings))?;
@@ -149,6 +156,7 @@ mod tests {
             "approve",
             "reject",
             "lint",
+            "fire",
         ] {
             let err = super::Cli::command()
                 .try_get_matches_from(["devset", sub, "--help"])

@@ -61,6 +61,7 @@ pub fn check_docs(docs: &mut [Doc]) -> Vec<Problem> {
             },
             "WorkflowRun" => problems.extend(check_run_params(doc, docs)),
             "BrokerConnector" => problems.extend(check_connector(doc)),
+            "WorkflowSchedule" => problems.extend(check_schedule(doc)),
             _ => {}
         }
     }
@@ -114,6 +115,19 @@ fn check_connector(doc: &Doc) -> Option<Problem> {
         }
         _ => None,
     }
+}
+
+/// A schedule's cron text and time zone, as the schedule controller reads them.
+fn check_schedule(doc: &Doc) -> Option<Problem> {
+    let schedule: crate::api::WorkflowSchedule = match doc.parse() {
+        Ok(s) => s,
+        Err(p) => return Some(p),
+    };
+    let e = schedule.spec.parse().err()?;
+    Some(Problem {
+        at: doc.at(e.field()),
+        message: e.to_string(),
+    })
 }
 
 /// A run's params against its Workflow, when that is among the documents.
@@ -251,6 +265,33 @@ mod tests {
     }
 
     #[test]
+    fn schedules_get_their_cron_and_time_zone_checked() {
+        let doc = |schedule: &str, tz: &str| {
+            format!(
+                "apiVersion: devset.io/v1alpha1\nkind: WorkflowSchedule\nmetadata: {{name: s}}\n\
+                 spec:\n  schedule: '{schedule}'\n  timeZone: {tz}\n  runTemplate:\n    \
+                 spec: {{workflowRef: {{name: w}}, connectorRef: {{name: k}}}}\n"
+            )
+        };
+        assert!(problems(&doc("0 9 * * MON", "Europe/Paris")).is_empty());
+        let p = problems(&doc("0 0 9 * * MON", "UTC"));
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].starts_with(
+                "m.yaml:spec.schedule: spec.schedule \"0 0 9 * * MON\": has 6 field(s)"
+            ),
+            "{p:?}"
+        );
+        let p = problems(&doc("@daily", "Europe/Pariss"));
+        assert!(
+            p[0].starts_with(
+                "m.yaml:spec.timeZone: spec.timeZone \"Europe/Pariss\" is not a time zone"
+            ),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn other_kinds_are_skipped_and_a_missing_kind_is_reported() {
         assert!(problems("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n").is_empty());
         assert_eq!(
@@ -261,7 +302,7 @@ mod tests {
             problems("apiVersion: devset.io/v1alpha1\nkind: Pipeline\nmetadata: {name: p}\n"),
             [
                 "m.yaml:kind: Unsupported value: \"Pipeline\": supported values: \
-              \"BrokerConnector\", \"Workflow\", \"WorkflowRun\""
+              \"BrokerConnector\", \"Workflow\", \"WorkflowRun\", \"WorkflowSchedule\""
             ]
         );
     }
