@@ -196,10 +196,19 @@ fn helm_lint_passes_and_the_chart_renders_with_defaults_and_every_option() {
     assert_eq!(container(deploy, "api")["args"][0], "api");
     assert_eq!(find(&d, "Service")[0]["spec"]["ports"][0]["port"], 8082);
     let cluster = rules(named(&d, "ClusterRole", "devset-operator"));
-    // patch: the controller's finalizer, and the API's spec.stop and approval annotations.
+    // patch: the controller's finalizer, and the API's spec.stop and approval annotations;
+    // create and delete: scheduled runs, fire now, and runs beyond a schedule's history limits.
     assert_eq!(
         cluster["devset.io/workflowruns"],
-        BTreeSet::from(["get", "list", "watch", "patch"].map(String::from))
+        BTreeSet::from(["get", "list", "watch", "patch", "create", "delete"].map(String::from))
+    );
+    assert_eq!(
+        cluster["devset.io/workflowschedules"],
+        BTreeSet::from(["get", "list", "watch"].map(String::from))
+    );
+    assert_eq!(
+        cluster["devset.io/workflowschedules/status"],
+        BTreeSet::from(["patch".to_string()])
     );
     assert!(
         !cluster.values().any(|v| v.contains("approve")),
@@ -231,9 +240,10 @@ fn helm_lint_passes_and_the_chart_renders_with_defaults_and_every_option() {
     assert!(!cluster.keys().any(|k| k.contains("delete")));
     assert!(
         cluster
-            .values()
-            .all(|v| !v.contains("delete") && !v.contains("*")),
-        "{cluster:?}"
+            .iter()
+            .all(|(k, v)| !v.contains("*")
+                && (!v.contains("delete") || k == "devset.io/workflowruns")),
+        "deletes nothing but runs: {cluster:?}"
     );
     assert_eq!(
         rules(named(&d, "Role", "devset-operator-leader-election"))["coordination.k8s.io/leases"],
