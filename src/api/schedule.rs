@@ -279,3 +279,77 @@ impl WorkflowSchedule {
                 .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> WorkflowSchedule {
+        let path = format!(
+            "{}/config/samples/workflowschedule.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_sample_parses_and_defaults_fill_in() {
+        let s = sample();
+        assert_eq!(s.spec.concurrency_policy, ConcurrencyPolicy::Forbid);
+        let (schedule, window) = s.spec.parse().unwrap();
+        assert_eq!(window.deadline, Some(std::time::Duration::from_secs(300)));
+        // Friday 2027-01-01, 12:00 UTC: next Monday 09:00 in Paris (CET) is 08:00 UTC.
+        let next = schedule.next_after("2027-01-01T12:00:00Z".parse().unwrap());
+        assert_eq!(next.unwrap().to_string(), "2027-01-04T08:00:00Z");
+        let bare: WorkflowScheduleSpec = serde_json::from_value(serde_json::json!({
+            "schedule": "@daily",
+            "runTemplate": {"spec": {"workflowRef": {"name": "w"}, "connectorRef": {"name": "k"}}}
+        }))
+        .unwrap();
+        assert_eq!(
+            (
+                bare.concurrency_policy,
+                bare.successful_runs_history_limit,
+                bare.failed_runs_history_limit,
+                bare.suspend
+            ),
+            (ConcurrencyPolicy::Allow, 3, 1, false)
+        );
+    }
+
+    #[test]
+    fn a_new_run_carries_the_template_the_schedule_label_and_its_owner() {
+        let mut s = sample();
+        s.metadata.namespace = Some("team".into());
+        s.metadata.uid = Some("u-1".into());
+        s.spec.run_template.spec.stop = true;
+        let t: Timestamp = "2027-01-04T08:00:00Z".parse().unwrap();
+        let run = s.new_run(
+            Some("orders-weekday-29983680".into()),
+            Some(t),
+            "schedule/orders-weekday",
+        );
+        let labels = run.labels();
+        assert_eq!(labels[SCHEDULE_LABEL], "orders-weekday");
+        assert_eq!(labels["team"], "payments");
+        let annotations = run.annotations();
+        assert_eq!(
+            annotations[TRIGGERED_BY_ANNOTATION],
+            "schedule/orders-weekday"
+        );
+        assert_eq!(annotations[SCHEDULED_AT_ANNOTATION], "2027-01-04T08:00:00Z");
+        assert!(!run.spec.stop, "a template's stop is not copied");
+        assert_eq!(run.namespace().as_deref(), Some("team"));
+        assert!(s.owns(&run));
+        let manual = s.new_run(None, None, "alice");
+        assert_eq!(
+            manual.metadata.generate_name.as_deref(),
+            Some("orders-weekday-manual-")
+        );
+        assert!(!manual.annotations().contains_key(SCHEDULED_AT_ANNOTATION));
+        assert!(s.owns(&manual));
+        let mut other = run.clone();
+        other.metadata.owner_references = None;
+        assert!(!s.owns(&other));
+    }
+}
