@@ -166,7 +166,7 @@ fn every_minute_fires_once_at_the_minute_across_a_controller_restart() {
         Timestamp::now().as_second() < next.as_second() + 58,
         "the test ran into the next minute"
     );
-    assert_eq!(runs_of(&ns, "tick"), [name.clone()]);
+    assert_eq!(runs_of(&ns, "tick"), std::slice::from_ref(&name));
     let following: Timestamp = status(&ns, "tick", "{.status.nextScheduleTime}")
         .parse()
         .unwrap();
@@ -212,7 +212,7 @@ fn forbid_skips_while_a_run_is_active_and_replace_stops_it() {
     });
     wait_for_event(&ns, "forbid", "Skipped");
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(runs_of(&ns, "forbid"), [first.clone()]);
+    assert_eq!(runs_of(&ns, "forbid"), std::slice::from_ref(&first));
     assert_eq!(status(&ns, "forbid", "{.status.active[*].name}"), first);
     // Replace: a second run comes, and the first one is stopped.
     let runs = wait_until(Duration::from_secs(20), "two runs of replace", || {
