@@ -361,13 +361,18 @@ fn history_limits_suspend_end_at_and_bad_text() {
 
 /// A ServiceAccount of `ns` with a Role of `verbs` on workflowruns there; its token.
 fn account(ns: &str, name: &str, verbs: &[&str]) -> String {
+    account_on(ns, name, "workflowruns", verbs)
+}
+
+/// A ServiceAccount of `ns` with a Role of `verbs` on `resource` there; its token.
+fn account_on(ns: &str, name: &str, resource: &str, verbs: &[&str]) -> String {
     env().kubectl_ok(&["-n", ns, "create", "serviceaccount", name]);
     if !verbs.is_empty() {
         env().apply(
             ns,
             &format!(
                 "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {name}}}\n\
-                 rules:\n- apiGroups: [devset.io]\n  resources: [workflowruns]\n  verbs: {verbs:?}\n\
+                 rules:\n- apiGroups: [devset.io]\n  resources: [{resource}]\n  verbs: {verbs:?}\n\
                  ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
                  metadata: {{name: {name}}}\n\
                  roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}\n\
@@ -382,7 +387,14 @@ fn account(ns: &str, name: &str, verbs: &[&str]) -> String {
 }
 
 async fn post(url: &str, token: &str) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new().post(url);
+    send(reqwest::Client::new().post(url), token).await
+}
+
+async fn get(url: &str, token: &str) -> (StatusCode, Value) {
+    send(reqwest::Client::new().get(url), token).await
+}
+
+async fn send(mut req: reqwest::RequestBuilder, token: &str) -> (StatusCode, Value) {
     if !token.is_empty() {
         req = req.bearer_auth(token);
     }
@@ -493,4 +505,75 @@ async fn fire_now_through_the_api_and_devset_fire() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+
+    // Reading schedules: `list`/`get` on workflowschedules.
+    let viewer = account_on(&ns, "viewer", "workflowschedules", &["get", "list"]);
+    let list = api.url(&format!("/api/v1/namespaces/{ns}/workflowschedules"));
+    let (code, body) = get(&list, &viewer).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let item = &body["items"][0];
+    assert_eq!(item["name"], "manual", "{body}");
+    assert_eq!(
+        (&item["schedule"], &item["timeZone"], &item["suspend"]),
+        (
+            &Value::from("@yearly"),
+            &Value::from("UTC"),
+            &Value::from(true)
+        )
+    );
+    assert_eq!(item["workflow"], "quick");
+    let (code, body) = get(&format!("{list}/manual"), &viewer).await;
+    assert_eq!(
+        (code, &body["concurrencyPolicy"]),
+        (StatusCode::OK, &Value::from("Allow"))
+    );
+    let (code, body) = get(&format!("{list}/nope"), &viewer).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    let (code, body) = get(&format!("{list}/manual"), &creator).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot get workflowschedules.devset.io \"manual\""),
+        "{body}"
+    );
+    let (code, _) = get(&list, "").await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn kubectl_shows_the_columns_and_the_short_names() {
+    let (ns, _ctl) = setup("sched-columns");
+    let ns = ns.name.clone();
+    let sample = common::repo().join("config/samples/workflowschedule.yaml");
+    env().kubectl_ok(&["apply", "-n", &ns, "-f", sample.to_str().unwrap()]);
+    wait_until(Duration::from_secs(20), "nextScheduleTime", || {
+        (!status(&ns, "orders-weekday", "{.status.nextScheduleTime}").is_empty()).then_some(())
+    });
+    for short in ["workflowschedules", "wfs", "schedule"] {
+        let out = env().kubectl_ok(&["get", short, "-n", &ns]);
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "NEXT", "LAST", "AGE"
+            ],
+            "{out}"
+        );
+        let row = lines.next().unwrap();
+        assert!(
+            row.starts_with("orders-weekday")
+                && row.contains("0 9 * * MON-FRI")
+                && row.contains("Europe/Paris"),
+            "{out}"
+        );
+    }
+    let wide = env().kubectl_ok(&["get", "wfs", "-n", &ns, "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().contains("READY"), "{wide}");
+    assert!(wide.contains("Scheduled"), "{wide}");
+    let explain = env().kubectl_ok(&["explain", "workflowschedule.spec.concurrencyPolicy"]);
+    assert!(explain.contains("Forbid"), "{explain}");
 }

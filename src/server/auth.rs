@@ -51,6 +51,10 @@ pub enum Verb {
     Create,
     /// The custom verb that decides approval stages.
     Approve,
+    /// `get` on WorkflowSchedules.
+    GetSchedule,
+    /// `list` on WorkflowSchedules.
+    ListSchedules,
 }
 
 impl Verb {
@@ -61,6 +65,16 @@ impl Verb {
             Verb::Patch => "patch",
             Verb::Create => "create",
             Verb::Approve => "approve",
+            Verb::GetSchedule => "get",
+            Verb::ListSchedules => "list",
+        }
+    }
+
+    /// The resource the verb is on: `workflowruns`, or `workflowschedules`.
+    fn resource(self) -> &'static str {
+        match self {
+            Verb::GetSchedule | Verb::ListSchedules => "workflowschedules",
+            _ => "workflowruns",
         }
     }
 }
@@ -138,8 +152,8 @@ impl Auth {
         let (allowed, reason) = self.authorize(&caller.user, namespace, verb, name).await?;
         if !allowed {
             let what = match name {
-                Some(n) => format!("workflowruns.devset.io {n:?}"),
-                None => "workflowruns.devset.io".to_string(),
+                Some(n) => format!("{}.devset.io {n:?}", verb.resource()),
+                None => format!("{}.devset.io", verb.resource()),
             };
             let mut msg = format!(
                 "{} cannot {} {what} in the namespace {namespace:?}",
@@ -213,7 +227,7 @@ impl Auth {
                 extra: user.extra.clone(),
                 resource_attributes: Some(ResourceAttributes {
                     group: Some("devset.io".into()),
-                    resource: Some("workflowruns".into()),
+                    resource: Some(verb.resource().into()),
                     namespace: Some(namespace.to_owned()),
                     verb: Some(verb.as_str().into()),
                     name: name.map(str::to_owned),

@@ -9,6 +9,7 @@
 //! | `POST …/workflowruns/{name}/stop` | `patch` |
 //! | `POST …/workflowruns/{name}/stages/{stage}/approve`, `…/reject` | `approve` (then the stage's `approvers`) |
 //! | `GET …/workflowruns/{name}/events`, `…/events/{seq}` | `get` |
+//! | `GET /api/v1/namespaces/{ns}/workflowschedules`, `…/workflowschedules/{name}` | `list`, `get` on `workflowschedules.devset.io` |
 //! | `POST /api/v1/namespaces/{ns}/workflowschedules/{name}/fire` | `create` |
 //! | `GET /api/v1/openapi.json`, `/metrics`, `/healthz`, `/readyz` | none |
 //!

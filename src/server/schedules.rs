@@ -1,4 +1,8 @@
-//! Schedules: `POST /api/v1/namespaces/{ns}/workflowschedules/{name}/fire` starts a run of the
+//! Schedules: `GET /api/v1/namespaces/{ns}/workflowschedules` (`list` on workflowschedules) and
+//! `GET …/workflowschedules/{name}` (`get`) answer each schedule's summary: its times, policy,
+//! `Ready` condition and active runs.
+//!
+//! `POST /api/v1/namespaces/{ns}/workflowschedules/{name}/fire` starts a run of the
 //! schedule now, outside its times (also when it is suspended, and whatever its concurrency
 //! policy: a person asked for it). Authorized as `create` on `workflowruns`. The run is the
 //! schedule's `runTemplate`, named `SCHEDULE-manual-XXXXX`, labelled `devset.io/schedule=NAME`,
@@ -8,22 +12,148 @@
 //! run (a template it does not accept); else 201 with the new run and `Location`.
 
 use super::{AppState, S, auth::Verb, error::ApiError, routes::check_namespace};
-use crate::api::{WorkflowRun, WorkflowSchedule};
+use crate::{
+    api::{ConcurrencyPolicy, WorkflowRun, WorkflowSchedule, conditions::READY},
+    controller::conditions,
+};
 use axum::{
     Json, Router,
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{get, post},
 };
-use kube::{Api, ResourceExt, api::PostParams};
+use jiff::Timestamp;
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, PostParams},
+};
+use serde::Serialize;
 use std::sync::Arc;
 
 pub(super) fn router() -> Router<Arc<AppState>> {
-    Router::new().route(
-        "/api/v1/namespaces/{namespace}/workflowschedules/{name}/fire",
-        post(fire),
-    )
+    let base = "/api/v1/namespaces/{namespace}/workflowschedules";
+    Router::new()
+        .route(base, get(list))
+        .route(&format!("{base}/{{name}}"), get(get_one))
+        .route(&format!("{base}/{{name}}/fire"), post(fire))
+}
+
+/// One schedule, as the API shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleSummary {
+    pub namespace: String,
+    pub name: String,
+    pub schedule: String,
+    pub time_zone: String,
+    pub suspend: bool,
+    pub concurrency_policy: ConcurrencyPolicy,
+    pub workflow: String,
+    pub connector: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_run_name: Option<String>,
+    /// The runs of the schedule that have not finished.
+    pub active: Vec<String>,
+    /// The `Ready` condition: `True`/`False`, its reason and message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ReadySummary>,
+}
+
+#[derive(Serialize)]
+pub struct ReadySummary {
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+}
+
+fn summary(s: &WorkflowSchedule) -> ScheduleSummary {
+    let status = s.status.clone().unwrap_or_default();
+    let spec = &s.spec;
+    ScheduleSummary {
+        namespace: s.namespace().unwrap_or_default(),
+        name: s.name_any(),
+        schedule: spec.schedule.clone(),
+        time_zone: spec
+            .time_zone
+            .clone()
+            .filter(|z| !z.is_empty())
+            .unwrap_or_else(|| crate::schedule::DEFAULT_TIME_ZONE.into()),
+        suspend: spec.suspend,
+        concurrency_policy: spec.concurrency_policy,
+        workflow: spec.run_template.spec.workflow_ref.name.clone(),
+        connector: spec.run_template.spec.connector_ref.name.clone(),
+        next_schedule_time: status.next_schedule_time.map(|t| t.0),
+        last_schedule_time: status.last_schedule_time.map(|t| t.0),
+        last_run_name: status.last_run_name,
+        active: status.active.into_iter().filter_map(|r| r.name).collect(),
+        ready: conditions::get(&status.conditions, READY).map(|c| ReadySummary {
+            status: c.status.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        }),
+    }
+}
+
+fn schedules(state: &AppState, ns: &str) -> Api<WorkflowSchedule> {
+    Api::namespaced(state.client.clone(), ns)
+}
+
+fn unavailable(e: kube::Error) -> ApiError {
+    ApiError::unavailable(format!("reading WorkflowSchedules: {e}"))
+}
+
+fn not_found(ns: &str, name: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "workflowschedules.devset.io {name:?} not found in the namespace {ns:?}"
+    ))
+}
+
+/// The schedules of a namespace, by name.
+#[derive(Serialize)]
+pub struct ScheduleList {
+    pub items: Vec<ScheduleSummary>,
+}
+
+async fn list(
+    State(state): S,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<ScheduleList>, ApiError> {
+    state
+        .auth
+        .check(&headers, &ns, Verb::ListSchedules, None)
+        .await?;
+    check_namespace(&state, &ns)?;
+    let list = schedules(&state, &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(unavailable)?;
+    let mut items: Vec<_> = list.items.iter().map(summary).collect();
+    items.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(ScheduleList { items }))
+}
+
+async fn get_one(
+    State(state): S,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<ScheduleSummary>, ApiError> {
+    state
+        .auth
+        .check(&headers, &ns, Verb::GetSchedule, Some(&name))
+        .await?;
+    check_namespace(&state, &ns)?;
+    let s = schedules(&state, &ns)
+        .get_opt(&name)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| not_found(&ns, &name))?;
+    Ok(Json(summary(&s)))
 }
 
 async fn fire(
@@ -33,15 +163,11 @@ async fn fire(
 ) -> Result<Response, ApiError> {
     let caller = state.auth.check(&headers, &ns, Verb::Create, None).await?;
     check_namespace(&state, &ns)?;
-    let schedule = Api::<WorkflowSchedule>::namespaced(state.client.clone(), &ns)
+    let schedule = schedules(&state, &ns)
         .get_opt(&name)
         .await
-        .map_err(|e| ApiError::unavailable(format!("reading the WorkflowSchedule: {e}")))?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "workflowschedules.devset.io {name:?} not found in the namespace {ns:?}"
-            ))
-        })?;
+        .map_err(unavailable)?
+        .ok_or_else(|| not_found(&ns, &name))?;
     let run = schedule.new_run(None, None, caller.name());
     let pp = PostParams {
         field_manager: Some("devset-api".into()),
