@@ -358,6 +358,20 @@ pub fn approval_annotation(stage: &str) -> String {
 }
 
 impl WorkflowRun {
+    /// The workflow, connector and params the run started with: recorded in its status when it
+    /// started (resolved through the run it repeats), else its spec's.
+    pub fn started_with(&self) -> (String, String, BTreeMap<String, serde_json::Value>) {
+        let st = self.status.clone().unwrap_or_default();
+        let or = |own: &LocalObjectRef, recorded: Option<LocalObjectRef>| {
+            recorded.map_or_else(|| own.name.clone(), |r| r.name)
+        };
+        (
+            or(&self.spec.workflow_ref, st.workflow_ref),
+            or(&self.spec.connector_ref, st.connector_ref),
+            st.params.unwrap_or_else(|| self.spec.params.clone()),
+        )
+    }
+
     /// The decisions written on the run, by stage; a value that does not parse is an error
     /// naming the annotation.
     pub fn decisions(&self) -> BTreeMap<String, Result<ApprovalRecord, String>> {

@@ -5,8 +5,8 @@
 use super::{Context, Result};
 use crate::{
     api::{
-        LocalObjectRef, StagePhase, StageStatus, TRIGGERED_BY_ANNOTATION, WorkflowRun,
-        WorkflowRunStatus, WorkflowSpec,
+        StagePhase, StageStatus, TRIGGERED_BY_ANNOTATION, WorkflowRun, WorkflowRunStatus,
+        WorkflowSpec,
     },
     engine::{dag, runner::StageResume},
 };
@@ -78,19 +78,6 @@ pub(super) enum Blocked {
     Fail(&'static str, String),
 }
 
-/// The workflow, connector and params a run (or the run it repeats) started with.
-fn started_with(run: &WorkflowRun) -> (String, String, BTreeMap<String, Value>) {
-    let st = run.status.clone().unwrap_or_default();
-    let or = |own: &LocalObjectRef, recorded: Option<LocalObjectRef>| {
-        recorded.map_or_else(|| own.name.clone(), |r| r.name)
-    };
-    (
-        or(&run.spec.workflow_ref, st.workflow_ref),
-        or(&run.spec.connector_ref, st.connector_ref),
-        st.params.unwrap_or_else(|| run.spec.params.clone()),
-    )
-}
-
 /// Resolves `run` against the run it repeats (`source`, fetched by the caller; `None` when it
 /// does not exist). Pure: the controller and the tests share it.
 pub(super) fn resolve_with(
@@ -138,7 +125,7 @@ pub(super) fn resolve_with(
             ),
         ));
     }
-    let (workflow, connector, mut params) = started_with(src);
+    let (workflow, connector, mut params) = src.started_with();
     params.extend(run.spec.params.clone());
     let pick = |own: String, theirs: String| if own.is_empty() { theirs } else { own };
     Ok(Resolved {
@@ -303,7 +290,7 @@ pub(super) async fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::RunPhase;
+    use crate::api::{LocalObjectRef, RunPhase};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
     use serde_json::json;
 

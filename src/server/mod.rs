@@ -9,6 +9,8 @@
 //! | `POST …/workflowruns/{name}/stop` | `patch` |
 //! | `POST …/workflowruns/{name}/stages/{stage}/approve`, `…/reject` | `approve` (then the stage's `approvers`) |
 //! | `GET …/workflowruns/{name}/events`, `…/events/{seq}` | `get` |
+//! | `POST /api/v1/trigger` | `create` (in the body's namespace) |
+//! | `POST …/workflowruns/{name}/retry`, `…/rerun` | `create` |
 //! | `GET /api/v1/namespaces/{ns}/workflowschedules`, `…/workflowschedules/{name}` | `list`, `get` on `workflowschedules.devset.io` |
 //! | `POST /api/v1/namespaces/{ns}/workflowschedules/{name}/fire` | `create` |
 //! | `GET /api/v1/openapi.json`, `/metrics`, `/healthz`, `/readyz` | none |
@@ -22,15 +24,18 @@
 
 mod approval;
 mod auth;
+mod create;
 mod error;
 mod events;
 mod hub;
 mod metrics;
 mod openapi;
 mod ops;
+mod rerun;
 mod routes;
 mod runs;
 mod schedules;
+mod trigger;
 
 pub use auth::AuthMode;
 
@@ -90,6 +95,8 @@ fn router(state: Arc<AppState>) -> Router {
         .merge(events::router())
         .merge(approval_router())
         .merge(ops::router())
+        .merge(trigger::router())
+        .merge(rerun::router())
         .merge(schedules::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
