@@ -34,6 +34,11 @@ enum Command {
     Approve(devset::cli::approve::ApproveArgs),
     /// Reject an approval stage of a run that waits for a decision, through devset api.
     Reject(devset::cli::approve::ApproveArgs),
+    /// Retry a finished run through devset api: a new run from the start (spec.rerunOf).
+    Retry(devset::cli::retry::RetryArgs),
+    /// Re-run a finished run from a stage through devset api: the stages it depends on are
+    /// inherited with their outputs, not executed.
+    Rerun(devset::cli::retry::RerunArgs),
     /// Check manifests offline: the CRDs' schema and CEL rules, and the workflow checks.
     Lint(devset::cli::lint::LintArgs),
     /// Start a run of a WorkflowSchedule now, through devset api (whatever its times, suspend
@@ -101,6 +106,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &args,
                 devset::api::Decision::Rejected,
             ));
+        }
+        Command::Retry(args) => {
+            init_cli_tracing();
+            return Ok(devset::cli::retry::repeat(&args, None));
+        }
+        Command::Rerun(args) => {
+            init_cli_tracing();
+            return Ok(devset::cli::retry::repeat(&args.retry, Some(&args.from)));
         }
         Command::Lint(args) => return Ok(devset::cli::lint::lint(&args)),
         Command::Fire(args) => {

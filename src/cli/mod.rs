@@ -11,6 +11,7 @@ pub mod logs;
 pub mod manifests;
 pub mod render;
 mod reporter;
+pub mod retry;
 pub mod run;
 pub mod schema;
 
