@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Kubernetes control plane for the integration tests: etcd + kube-apiserver (RBAC on, TLS,
 # client-cert admin, service-account tokens), all on free loopback ports, plus kubectl and helm.
-# No controller-manager, scheduler or kubelet: objects are stored and served, pods never run.
+# No controller-manager, scheduler or kubelet: objects are stored and served, pods never run,
+# unless the node component (tests/env/node.sh) is up too; then DEVSET_NODE_IP is set here.
 #
 # The binaries are built with Go from the modules pinned in tests/tools/{k8s,etcd,helm}/go.mod
 # into $DEVSET_CACHE/<tool>-<version>/bin (once; later runs start in seconds).
@@ -65,18 +66,31 @@ build_tools() {
   ) 9>"$lock"
 }
 
-build_all() {
-  build_tools etcd "$ETCD_VERSION" "$TOOLS/etcd" "" etcd=go.etcd.io/etcd/server/v3
-  build_tools helm "$HELM_VERSION" "$TOOLS/helm" \
-    "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.metadata= -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
-    helm=helm.sh/helm/v4/cmd/helm
-  # The same version variables hack/lib/version.sh sets, so `kubectl version` reports v1.X.Y.
+# The version variables hack/lib/version.sh sets, so `kubectl version` reports v1.X.Y.
+k8s_ldflags() {
   local v=${K8S_VERSION#v} ld="" p
   for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
     ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=${v%%.*} -X $p.gitMinor=$(cut -d. -f2 <<<"$v")"
     ld+=" -X $p.gitTreeState=clean -X $p.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   done
-  build_tools k8s "$K8S_VERSION" "$TOOLS/k8s" "$ld" \
+  echo "$ld"
+}
+
+# The node's binaries (tests/env/node.sh), cached apart so that an environment without a node
+# never builds them.
+build_node() {
+  build_tools k8s-node "$K8S_VERSION" "$TOOLS/k8s" "$(k8s_ldflags)" \
+    kubelet=k8s.io/kubernetes/cmd/kubelet kube-proxy=k8s.io/kubernetes/cmd/kube-proxy \
+    kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
+    kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager
+}
+
+build_all() {
+  build_tools etcd "$ETCD_VERSION" "$TOOLS/etcd" "" etcd=go.etcd.io/etcd/server/v3
+  build_tools helm "$HELM_VERSION" "$TOOLS/helm" \
+    "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.metadata= -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+    helm=helm.sh/helm/v4/cmd/helm
+  build_tools k8s "$K8S_VERSION" "$TOOLS/k8s" "$(k8s_ldflags)" \
     kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kubectl=k8s.io/kubernetes/cmd/kubectl
 }
 
@@ -100,10 +114,15 @@ make_certs() {
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
   local leaf="basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment"
   local names="IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default"
+  # With a node, pods reach the API server on the node's bridge address (tests/env/node.sh).
+  [ -z "${DEVSET_NODE_IP:-}" ] || names+=",IP:$DEVSET_NODE_IP"
   names+=",DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   sign apiserver "/CN=kube-apiserver" "$leaf\nextendedKeyUsage=serverAuth\nsubjectAltName=$names"
   # system:masters is bound to cluster-admin by the default RBAC policy.
   sign admin "/O=system:masters/CN=devset-admin" "$leaf\nextendedKeyUsage=clientAuth"
+  # The API server's identity towards kubelets (logs, exec, port-forward), which authorize it
+  # by webhook like any other client.
+  sign kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$leaf\nextendedKeyUsage=clientAuth"
   # Service-account token signing pair (TokenRequest, `kubectl create token`).
   genkey "$d/sa.key"
   openssl pkey -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
@@ -182,19 +201,27 @@ etcd_healthy() {
 }
 
 start_apiserver() { # PORT ETCD_PORT
-  local d=$K8S_DIR url="https://127.0.0.1:$1"
-  # Admission: everything default except ServiceAccount, which needs the service-account
-  # controller (not running here) to have created each namespace's `default` account before a
-  # pod can be stored. No endpoint reconciler: the kubernetes service cannot point at loopback.
+  local d=$K8S_DIR url="https://127.0.0.1:$1" node=()
+  # Without a node: admission is everything default except ServiceAccount, which needs the
+  # service-account controller (not running then) to have created each namespace's `default`
+  # account before a pod can be stored; no endpoint reconciler: the kubernetes service cannot
+  # point at loopback. With a node (tests/env/node.sh runs kube-controller-manager), the
+  # ServiceAccount plugin is on and the kubernetes service points at the node's bridge address,
+  # where a relay forwards to the loopback port.
+  if [ -n "${DEVSET_NODE_IP:-}" ]; then
+    node=(--advertise-address="$DEVSET_NODE_IP" --endpoint-reconciler-type=lease)
+  else
+    node=(--advertise-address=127.0.0.1 --disable-admission-plugins=ServiceAccount --endpoint-reconciler-type=none)
+  fi
   start_bg kube-apiserver "$d/kube-apiserver.log" "$K8S_BIN/kube-apiserver" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$1" \
+    --bind-address=127.0.0.1 --secure-port="$1" "${node[@]}" \
     --cert-dir="$d" --tls-cert-file="$d/apiserver.crt" --tls-private-key-file="$d/apiserver.key" \
     --client-ca-file="$d/ca.crt" --authorization-mode=Node,RBAC --anonymous-auth=false \
     --service-account-issuer="$url" --api-audiences="$url" \
     --service-account-key-file="$d/sa.pub" --service-account-signing-key-file="$d/sa.key" \
     --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
     --etcd-servers="http://127.0.0.1:$2" --etcd-prefix="/devset-$1" \
-    --disable-admission-plugins=ServiceAccount --endpoint-reconciler-type=none \
+    --kubelet-client-certificate="$d/kubelet-client.crt" --kubelet-client-key="$d/kubelet-client.key" \
     --profiling=false --v=1
 }
 
@@ -278,6 +305,7 @@ down() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
-  build) build_all ;; # only build/cache the binaries
-  *) die "usage: $0 up|down|build" ;;
+  build) build_all ;;           # only build/cache the binaries
+  build-node) build_node ;;     # only build/cache the node's binaries
+  *) die "usage: $0 up|down|build|build-node" ;;
 esac

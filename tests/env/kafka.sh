@@ -8,6 +8,7 @@
 # State and logs live in $DEVSET_ENV_DIR/kafka/. Appends to the env file:
 #   KAFKA_BOOTSTRAP  host:port of the PLAINTEXT listener
 #   KAFKA_LIBS       the jar directory (tests/bin/kafka-* run Kafka's own tools from it)
+#   KAFKA_POD_BOOTSTRAP  with a node: host:port of the listener on the node's bridge address
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -60,17 +61,24 @@ up() {
   mkdir -p "$KAFKA_DIR/data"
   bport=$(free_port)
   cport=$(free_port)
+  # With a node (tests/env/node.sh), pods reach the broker through a second listener on the
+  # node's bridge address, advertised as such.
+  local pod_l="" pod_a="" pod_p="" pport
+  if [ -n "${DEVSET_NODE_IP:-}" ]; then
+    pport=$(free_port)
+    pod_l=",POD://$DEVSET_NODE_IP:$pport" pod_a=",POD://$DEVSET_NODE_IP:$pport" pod_p=",POD:PLAINTEXT"
+  fi
 
   # Both listeners on loopback only; everything that is replicated has one replica.
   cat >"$KAFKA_DIR/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$bport,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$bport
+listeners=PLAINTEXT://127.0.0.1:$bport,CONTROLLER://127.0.0.1:$cport$pod_l
+advertised.listeners=PLAINTEXT://127.0.0.1:$bport$pod_a
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT$pod_p
 log.dirs=$KAFKA_DIR/data
 num.partitions=3
 auto.create.topics.enable=true
@@ -140,6 +148,7 @@ print(s)')
 
   env_line KAFKA_BOOTSTRAP "127.0.0.1:$bport"
   env_line KAFKA_LIBS "$libs"
+  [ -z "$pod_l" ] || env_line KAFKA_POD_BOOTSTRAP "$DEVSET_NODE_IP:$pport"
   log "kafka: Apache Kafka $(kafka_version) (KRaft) on 127.0.0.1:$bport (controller :$cport), logs in $KAFKA_DIR"
 }
 

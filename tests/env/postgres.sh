@@ -10,6 +10,7 @@
 # State and logs live in $DEVSET_ENV_DIR/postgres/ (see CLUSTER_DIRS for where the data goes).
 # Appends to the env file:
 #   DATABASE_URL  postgres://devset:PASS@127.0.0.1:PORT/devset (devset is the superuser)
+#   DATABASE_POD_URL  with a node: the same on the node's bridge address
 # tests/bin/psql-env runs psql against it.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -133,7 +134,7 @@ up() {
   cat >>"$cl/data/postgresql.conf" <<EOF
 
 # devset tests/env/postgres.sh
-listen_addresses = '127.0.0.1'
+listen_addresses = '127.0.0.1${DEVSET_NODE_IP:+,$DEVSET_NODE_IP}'
 port = $port
 unix_socket_directories = '$cl'
 unix_socket_permissions = 0700
@@ -144,6 +145,9 @@ EOF
 local   all       all                 scram-sha-256
 host    all       all   127.0.0.1/32  scram-sha-256
 EOF
+  # With a node (tests/env/node.sh), pods connect on the node's bridge address.
+  [ -z "${DEVSET_NODE_IP:-}" ] ||
+    printf 'host    all       all   %s/24  scram-sha-256\n' "$DEVSET_NODE_IP" >>"$cl/data/pg_hba.conf"
 
   # The postmaster in the foreground (it logs to stderr, which start_bg sends to server.log).
   start_bg postgres "$PG_DIR/server.log" "${RUN_AS[@]}" "$bin/postgres" -D "$cl/data"
@@ -160,6 +164,7 @@ EOF
     >"$PG_DIR/psql.log" 2>&1 || fail "CREATE DATABASE $PG_USER failed"
 
   env_line DATABASE_URL "postgres://$PG_USER:$pass@127.0.0.1:$port/$PG_USER"
+  [ -z "${DEVSET_NODE_IP:-}" ] || env_line DATABASE_POD_URL "postgres://$PG_USER:$pass@$DEVSET_NODE_IP:$port/$PG_USER"
   log "postgres: $("$bin/postgres" --version | sed 's/^postgres (PostgreSQL) //') on 127.0.0.1:$port, data in $cl/data, logs in $PG_DIR"
 }
 

@@ -9,6 +9,7 @@
 # distribution and epmd on free loopback ports, so environments never share anything.
 # Appends to the env file:
 #   AMQP_URL                  amqp://USER:PASS@127.0.0.1:PORT/%2f (administrator, full rights on /)
+#   AMQP_POD_URL              with a node: the same on the node's bridge address
 #   DEVSET_RABBITMQ_NODENAME  the node name, rabbit-<hash of DEVSET_ENV_DIR>@localhost
 #   DEVSET_RABBITMQ_HOME      the HOME holding the node's Erlang cookie
 #   DEVSET_ERL_EPMD_PORT      the port of the environment's epmd
@@ -91,6 +92,7 @@ up() {
   pass=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
   cat >"$RMQ_DIR/rabbitmq.conf" <<EOF
 listeners.tcp.1 = 127.0.0.1:$amqp_port
+${DEVSET_NODE_IP:+listeners.tcp.2 = $DEVSET_NODE_IP:$amqp_port}
 default_user = $user
 default_pass = $pass
 default_user_tags.administrator = true
@@ -141,6 +143,8 @@ EOF
   done
 
   env_line AMQP_URL "amqp://$user:$pass@127.0.0.1:$amqp_port/%2f"
+  # With a node (tests/env/node.sh), pods connect on the node's bridge address.
+  [ -z "${DEVSET_NODE_IP:-}" ] || env_line AMQP_POD_URL "amqp://$user:$pass@$DEVSET_NODE_IP:$amqp_port/%2f"
   env_line DEVSET_RABBITMQ_NODENAME "$DEVSET_RABBITMQ_NODENAME"
   env_line DEVSET_RABBITMQ_HOME "$DEVSET_RABBITMQ_HOME"
   env_line DEVSET_ERL_EPMD_PORT "$epmd_port"
