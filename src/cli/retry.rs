@@ -89,8 +89,10 @@ fn body(args: &RetryArgs, from: Option<&str>) -> serde_json::Value {
 /// The line printed on success.
 fn done_line(created: &str, source: &str, from: Option<&str>) -> String {
     match from {
-        Some(f) => format!("created run {created:?}: a re-run of {source:?} from stage {f:?}"),
-        None => format!("created run {created:?}: a retry of {source:?}"),
+        Some(f) => {
+            format!("workflowrun/{created} created: a re-run of {source:?} from stage {f:?}")
+        }
+        None => format!("workflowrun/{created} created: a retry of {source:?}"),
     }
 }
 
@@ -144,7 +146,7 @@ mod tests {
         assert!(name_value("=x").is_err() && name_value("x").is_err());
         assert_eq!(
             done_line("orders-1-x", "orders-1", None),
-            r#"created run "orders-1-x": a retry of "orders-1""#
+            r#"workflowrun/orders-1-x created: a retry of "orders-1""#
         );
     }
 }
