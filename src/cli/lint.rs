@@ -61,7 +61,7 @@ pub fn check_docs(docs: &mut [Doc]) -> Vec<Problem> {
             },
             "WorkflowRun" => problems.extend(check_run_params(doc, docs)),
             "BrokerConnector" => problems.extend(check_connector(doc)),
-            "WorkflowSchedule" => problems.extend(check_schedule(doc)),
+            "WorkflowSchedule" => problems.extend(check_schedule(doc, docs)),
             _ => {}
         }
     }
@@ -117,17 +117,56 @@ fn check_connector(doc: &Doc) -> Option<Problem> {
     }
 }
 
-/// A schedule's cron text and time zone, as the schedule controller reads them.
-fn check_schedule(doc: &Doc) -> Option<Problem> {
+/// A schedule's cron text and time zone, as the schedule controller reads them; then its run
+/// template's params against the Workflow, when that is among the documents.
+fn check_schedule(doc: &Doc, docs: &[Doc]) -> Option<Problem> {
     let schedule: crate::api::WorkflowSchedule = match doc.parse() {
         Ok(s) => s,
         Err(p) => return Some(p),
     };
-    let e = schedule.spec.parse().err()?;
+    if let Err(e) = schedule.spec.parse() {
+        return Some(Problem {
+            at: doc.at(e.field()),
+            message: e.to_string(),
+        });
+    }
+    let template = &schedule.spec.run_template.spec;
+    let (wf, e) = workflow_params_error(doc, docs, &template.workflow_ref.name, &template.params)?;
     Some(Problem {
-        at: doc.at(e.field()),
-        message: e.to_string(),
+        at: doc.at(&format!("spec.runTemplate.{}", param_path(&e))),
+        message: format!("{e} (Workflow {wf:?})"),
     })
+}
+
+/// The Workflow `name` among `docs` (in `doc`'s namespace) and what is wrong with `params` for
+/// it, if anything.
+fn workflow_params_error(
+    doc: &Doc,
+    docs: &[Doc],
+    name: &str,
+    params: &BTreeMap<String, serde_json::Value>,
+) -> Option<(String, crate::engine::params::ParamError)> {
+    let ns = |d: &Doc| d.value["metadata"]["namespace"].clone();
+    let wf = docs.iter().find(|d| {
+        d.kind() == "Workflow"
+            && d.api_version() == API_VERSION
+            && d.name() == name
+            && ns(d) == ns(doc)
+    })?;
+    let wf: Workflow = wf.parse().ok()?;
+    let e = resolve_params(&wf.spec.params, params).err()?;
+    Some((wf.metadata.name.unwrap_or_default(), e))
+}
+
+/// The field of a run's spec a param error is about.
+fn param_path(e: &crate::engine::params::ParamError) -> String {
+    match e {
+        crate::engine::params::ParamError::Missing { .. } => "spec.params".to_owned(),
+        crate::engine::params::ParamError::Unknown { name }
+        | crate::engine::params::ParamError::WrongType { name, .. } => {
+            format!("spec.params.{name}")
+        }
+    }
 }
 
 /// A run's params against its Workflow, when that is among the documents.
@@ -136,25 +175,10 @@ fn check_run_params(doc: &Doc, docs: &[Doc]) -> Option<Problem> {
         Ok(r) => r,
         Err(p) => return Some(p),
     };
-    let ns = |d: &Doc| d.value["metadata"]["namespace"].clone();
-    let wf = docs.iter().find(|d| {
-        d.kind() == "Workflow"
-            && d.api_version() == API_VERSION
-            && d.name() == run.spec.workflow_ref.name
-            && ns(d) == ns(doc)
-    })?;
-    let wf: Workflow = wf.parse().ok()?;
-    let e = resolve_params(&wf.spec.params, &run.spec.params).err()?;
-    let path = match &e {
-        crate::engine::params::ParamError::Missing { .. } => "spec.params".to_owned(),
-        crate::engine::params::ParamError::Unknown { name }
-        | crate::engine::params::ParamError::WrongType { name, .. } => {
-            format!("spec.params.{name}")
-        }
-    };
+    let (wf, e) = workflow_params_error(doc, docs, &run.spec.workflow_ref.name, &run.spec.params)?;
     Some(Problem {
-        at: doc.at(&path),
-        message: format!("{e} (Workflow {:?})", wf.metadata.name.unwrap_or_default()),
+        at: doc.at(&param_path(&e)),
+        message: format!("{e} (Workflow {wf:?})"),
     })
 }
 
@@ -281,6 +305,22 @@ mod tests {
                 "m.yaml:spec.schedule: spec.schedule \"0 0 9 * * MON\": has 6 field(s)"
             ),
             "{p:?}"
+        );
+        let wf = "apiVersion: devset.io/v1alpha1\nkind: Workflow\nmetadata: {name: w}\nspec:\n  \
+                  params: [{name: n, type: integer}]\n  stages: [{name: a, delay: {duration: 1s}}]\n---\n";
+        let with_params = format!(
+            "{wf}{}",
+            doc("@daily", "UTC").replace(
+                "connectorRef: {name: k}}",
+                "connectorRef: {name: k}, params: {n: lots}}"
+            )
+        );
+        assert_eq!(
+            problems(&with_params),
+            [
+                "m.yaml:spec.runTemplate.spec.params.n: param \"n\": expected integer, got \"lots\" \
+              (Workflow \"w\") (WorkflowSchedule \"s\")"
+            ]
         );
         let p = problems(&doc("@daily", "Europe/Pariss"));
         assert!(
