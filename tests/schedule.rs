@@ -577,3 +577,43 @@ fn kubectl_shows_the_columns_and_the_short_names() {
     let explain = env().kubectl_ok(&["explain", "workflowschedule.spec.concurrencyPolicy"]);
     assert!(explain.contains("Forbid"), "{explain}");
 }
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn a_time_missed_past_the_starting_deadline_is_skipped() {
+    let (ns, mut first) = setup("sched-missed");
+    let ns = ns.name.clone();
+    env().apply(
+        &ns,
+        &schedule(
+            "late",
+            "@every 20s",
+            "quick",
+            "  startingDeadlineSeconds: 2\n",
+        ),
+    );
+    let due: Timestamp = wait_until(Duration::from_secs(30), "nextScheduleTime", || {
+        status(&ns, "late", "{.status.nextScheduleTime}")
+            .parse()
+            .ok()
+    });
+    // Down from before the time to five seconds after it: the time is 5 s late, past 2 s.
+    first.kill();
+    let wait = due.duration_since(Timestamp::now()).as_secs_f64() + 5.0;
+    std::thread::sleep(Duration::from_secs_f64(wait.max(0.0)));
+    let _second = ControllerProcess::start(&ns, 10);
+    wait_for_event(&ns, "late", "MissedSchedule");
+    wait_until(Duration::from_secs(20), "lastScheduleTime", || {
+        (status(&ns, "late", "{.status.lastScheduleTime}") == due.to_string()).then_some(())
+    });
+    assert!(
+        runs_of(&ns, "late").is_empty(),
+        "the missed time made no run"
+    );
+    // The next time fires as usual.
+    let run = wait_until(Duration::from_secs(30), "the next run", || {
+        runs_of(&ns, "late").first().cloned()
+    });
+    let at = run_json(&ns, &run)["metadata"]["annotations"]["devset.io/scheduled-at"].clone();
+    assert_eq!(at, (due + jiff::SignedDuration::from_secs(20)).to_string());
+}
