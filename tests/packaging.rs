@@ -434,6 +434,14 @@ fn chart_as_config() -> Vec<(&'static str, Vec<Value>)> {
             .concat(),
         ),
         (
+            "policy/triggered_by_policy.yaml",
+            [
+                pick("ValidatingAdmissionPolicy", "-triggered-by"),
+                pick("ValidatingAdmissionPolicyBinding", "-triggered-by"),
+            ]
+            .concat(),
+        ),
+        (
             "rbac/leader_election_role.yaml",
             pick("Role", "-leader-election"),
         ),
