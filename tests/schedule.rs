@@ -489,6 +489,46 @@ async fn fire_now_through_the_api_and_devset_fire() {
         "{stdout}"
     );
     assert_eq!(runs_of(&ns, "manual").len(), 2);
+    // As a kubectl plugin: `kubectl devset fire …`.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_devset"),
+        bin.path().join("kubectl-devset"),
+    )
+    .unwrap();
+    let path = env()
+        .command("printenv")
+        .arg("PATH")
+        .output()
+        .unwrap()
+        .stdout;
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        String::from_utf8_lossy(&path).trim()
+    );
+    let out = env()
+        .command("kubectl")
+        .env("PATH", path)
+        .args([
+            "devset",
+            "fire",
+            "manual",
+            "-n",
+            &ns,
+            "--server",
+            &api.url(""),
+            "--token",
+        ])
+        .arg(&creator)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(runs_of(&ns, "manual").len(), 3);
     let out = env()
         .command(env!("CARGO_BIN_EXE_devset"))
         .args([
