@@ -44,6 +44,8 @@ enum Command {
     /// Start a run of a WorkflowSchedule now, through devset api (whatever its times, suspend
     /// and concurrency policy).
     Fire(devset::cli::fire::FireArgs),
+    /// Export runs with their event logs (JSON or CSV) through devset api.
+    Export(devset::cli::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +121,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fire(args) => {
             init_cli_tracing();
             return Ok(devset::cli::fire::fire(&args));
+        }
+        Command::Export(args) => {
+            init_cli_tracing();
+            return Ok(devset::cli::export::export(&args));
         }
         Command::Api(settings) => {
             init_tracing();

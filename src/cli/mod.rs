@@ -5,6 +5,7 @@
 pub mod api_client;
 pub mod approve;
 pub mod ask;
+pub mod export;
 pub mod fire;
 pub mod lint;
 pub mod logs;

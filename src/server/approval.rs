@@ -75,6 +75,11 @@ pub struct Decided {
     pub user: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/workflowruns/{name}/stages/{stage}/approve",
+    tag = "approvals",
+    params(super::runs::RunPath, ("stage" = String, Path, description = "The approval stage")),
+    request_body = DecisionRequest,
+    responses(super::openapi::DecisionAnswers))]
 pub(super) async fn approve(
     State(state): State<Arc<AppState>>,
     Path((ns, name, stage)): Path<(String, String, String)>,
@@ -93,6 +98,11 @@ pub(super) async fn approve(
     .await
 }
 
+#[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/workflowruns/{name}/stages/{stage}/reject",
+    tag = "approvals",
+    params(super::runs::RunPath, ("stage" = String, Path, description = "The approval stage")),
+    request_body = DecisionRequest,
+    responses(super::openapi::DecisionAnswers))]
 pub(super) async fn reject(
     State(state): State<Arc<AppState>>,
     Path((ns, name, stage)): Path<(String, String, String)>,

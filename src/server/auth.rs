@@ -47,6 +47,8 @@ pub enum Verb {
     Get,
     List,
     Patch,
+    /// Deleting runs (one or several through the API).
+    Delete,
     /// Creating runs (the trigger, retry and re-run routes).
     Create,
     /// The custom verb that decides approval stages.
@@ -63,6 +65,7 @@ impl Verb {
             Verb::Get => "get",
             Verb::List => "list",
             Verb::Patch => "patch",
+            Verb::Delete => "delete",
             Verb::Create => "create",
             Verb::Approve => "approve",
             Verb::GetSchedule => "get",

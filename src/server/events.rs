@@ -13,12 +13,11 @@ use crate::{
     events::{Event, RunKey, StoredEvent},
 };
 use axum::{
-    Json, Router,
+    Json,
     body::Body,
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -26,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::mpsc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Events of a JSON page by default, and at most.
 const PAGE_DEFAULT: u32 = 100;
@@ -33,28 +33,30 @@ pub(super) const PAGE_MAX: u32 = 1_000;
 /// How often an idle SSE stream gets a comment.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
-pub(super) fn router() -> Router<Arc<AppState>> {
-    let base = "/api/v1/namespaces/{namespace}/workflowruns/{name}";
-    Router::new()
-        .route(&format!("{base}/events"), get(events))
-        .route(&format!("{base}/events/{{seq}}"), get(event))
+pub(super) fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(events))
+        .routes(routes!(event))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
     /// Events after this sequence number.
     after: Option<u64>,
-    /// At most this many events (JSON pages).
+    /// At most this many events in a JSON page (default 100, at most 1000).
     limit: Option<u32>,
     /// `json` (default) or `csv`.
     format: Option<String>,
 }
 
 /// A page of a run's events.
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventPage {
+    /// The events, oldest first.
+    #[schemars(with = "Vec<Event>")]
     pub items: Vec<Box<RawValue>>,
     /// The sequence number to pass as `after` for the next page.
     pub next: u64,
@@ -65,7 +67,7 @@ pub struct EventPage {
 }
 
 /// Authorizes a read of `name`'s events and checks that the run or its log exists.
-async fn readable(
+pub(super) async fn readable(
     state: &AppState,
     headers: &HeaderMap,
     ns: &str,
@@ -88,6 +90,18 @@ fn wants_sse(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("text/event-stream"))
 }
 
+/// The run's event log (needs `get`): with `Accept: text/event-stream` an SSE stream (replay
+/// after `Last-Event-ID` or `after`, then live, until the run's last event), else a JSON page
+/// or, with `format=csv`, all of it as CSV.
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/workflowruns/{name}/events",
+    tag = "events",
+    params(super::runs::RunPath, EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume an SSE stream after this event")),
+    responses((status = 200, description = "A page, a CSV export or an SSE stream", content(
+            (EventPage = "application/json"), (String = "text/csv"), (String = "text/event-stream"))),
+        (status = 400, description = "A bad query or Last-Event-ID"),
+        (status = 403, description = "No `get` on the run"),
+        (status = 404, description = "No such run or log")))]
 async fn events(
     State(state): S,
     Path((ns, name)): Path<(String, String)>,
@@ -165,6 +179,14 @@ async fn page(
     .into_response())
 }
 
+/// One event with its full headers and payload (needs `get`).
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/workflowruns/{name}/events/{seq}",
+    tag = "events",
+    params(super::runs::RunPath, ("seq" = u64, Path, description = "The event's sequence number")),
+    responses((status = 200, body = Event),
+        (status = 400, description = "seq is not a number"),
+        (status = 403, description = "No `get` on the run"),
+        (status = 404, description = "No such run or event")))]
 async fn event(
     State(state): S,
     Path((ns, name, seq)): Path<(String, String, String)>,
@@ -249,7 +271,7 @@ fn stream(state: Arc<AppState>, key: RunKey, after: u64) -> Response {
         .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
 }
 
-const CSV_COLUMNS: [&str; 18] = [
+pub(super) const CSV_COLUMNS: [&str; 18] = [
     "seq",
     "time",
     "type",
@@ -270,7 +292,7 @@ const CSV_COLUMNS: [&str; 18] = [
     "payloadTruncated",
 ];
 
-fn csv_row(e: &Event) -> [String; 18] {
+pub(super) fn csv_row(e: &Event) -> [String; 18] {
     let opt = |v: Option<String>| v.unwrap_or_default();
     let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
     let target = e.target.as_ref();

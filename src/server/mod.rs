@@ -17,13 +17,24 @@
 //!
 //! ## Adding routes
 //! The routes are grouped by resource, one file each under `src/server/` (`runs.rs`,
-//! `events.rs`, `approval.rs`, `ops.rs`, …). A file exposes
-//! `pub(super) fn router() -> Router<Arc<AppState>>` with its routes, and [`router`] below
-//! merges it with one line (`.merge(myresource::router())`). Shared helpers (namespace check,
-//! run lookup, 404) are in `routes.rs`, the error type in `error.rs`, RBAC checks in `auth.rs`.
+//! `events.rs`, `bulk.rs`, `approval.rs`, `ops.rs`, …), and each route is documented in the
+//! OpenAPI document by the handler itself, so that the two cannot drift:
+//! 1. put `#[utoipa::path(post, path = "/api/v1/…/{name}/thing", params(…), request_body = T,
+//!    responses((status = 201, body = U), (status = 404, description = "…")))]` on the handler
+//!    (see `runs.rs`; error answers without a body get the `Status` body);
+//! 2. list the body types `T`, `U` in `schemars_schemas!` in `openapi.rs` (they derive
+//!    `schemars::JsonSchema`);
+//! 3. expose `pub(super) fn router() -> OpenApiRouter<Arc<AppState>>` built with
+//!    `.routes(routes!(handler))` (never `.route(…)`: it would serve an undocumented route),
+//!    and merge it in [`api`] below with one line.
+//!
+//! `openapi::tests` fails when a route is served and not documented or the other way round.
+//! Shared helpers (namespace check, run lookup, 404) are in `routes.rs`, the error type in
+//! `error.rs`, RBAC checks in `auth.rs`.
 
 mod approval;
 mod auth;
+mod bulk;
 mod create;
 mod error;
 mod events;
@@ -41,7 +52,7 @@ pub use auth::AuthMode;
 
 use crate::{api::WorkflowRun, events::StoreArgs};
 use anyhow::Context as _;
-use axum::{Router, extract::State, middleware, routing::post};
+use axum::{Extension, Router, extract::State, middleware};
 use futures::StreamExt;
 use kube::{
     Client,
@@ -50,6 +61,7 @@ use kube::{
 use std::{net::SocketAddr, sync::Arc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Settings of `devset api`.
 #[derive(Clone, Debug, clap::Args)]
@@ -90,14 +102,10 @@ pub(crate) type S = State<Arc<AppState>>;
 
 /// Every route of the API: one `.merge(…)` per resource file.
 fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .merge(runs::router())
-        .merge(events::router())
-        .merge(approval_router())
-        .merge(ops::router())
-        .merge(trigger::router())
-        .merge(rerun::router())
-        .merge(schedules::router())
+    let (router, api) = api().split_for_parts();
+    let doc = ops::Document(openapi::document(&api).to_string().into());
+    router
+        .layer(Extension(doc))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             ops::count_requests,
@@ -105,12 +113,30 @@ fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The routes with their OpenAPI document: one `.merge(…)` per resource file.
+fn api() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .merge(runs::router())
+        .merge(events::router())
+        .merge(bulk::router())
+        .merge(approval_router())
+        .merge(ops::router())
+        .merge(openapi::documented(
+            trigger::router(),
+            openapi::trigger_paths(),
+        ))
+        .merge(openapi::documented(rerun::router(), openapi::rerun_paths()))
+        .merge(openapi::documented(
+            schedules::router(),
+            openapi::schedules_paths(),
+        ))
+}
+
 /// The approval routes (handlers in `approval.rs`).
-fn approval_router() -> Router<Arc<AppState>> {
-    let stage = "/api/v1/namespaces/{namespace}/workflowruns/{name}/stages/{stage}";
-    Router::new()
-        .route(&format!("{stage}/approve"), post(approval::approve))
-        .route(&format!("{stage}/reject"), post(approval::reject))
+fn approval_router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(approval::approve))
+        .routes(routes!(approval::reject))
 }
 
 /// Serves the API until SIGTERM or Ctrl-C.

@@ -1,24 +1,28 @@
 //! Operations: `/metrics` (Prometheus), `/healthz`, `/readyz` and `/api/v1/openapi.json`, and
 //! the request counter every route passes through.
 
-use super::{AppState, S, openapi};
+use super::{AppState, S};
 use axum::{
-    Json, Router,
+    Extension,
     extract::{MatchedPath, Request, State},
     http::{StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use std::sync::Arc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(super) fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/v1/openapi.json", get(openapi_json))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+pub(super) fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
+
+/// The OpenAPI document, made once when the router is (see `openapi.rs`).
+#[derive(Clone)]
+pub(super) struct Document(pub axum::body::Bytes);
 
 /// Counts every answer by route and status code (middleware).
 pub(super) async fn count_requests(State(state): S, req: Request, next: Next) -> Response {
@@ -39,6 +43,9 @@ pub(super) async fn count_requests(State(state): S, req: Request, next: Next) ->
     res
 }
 
+/// Prometheus metrics (no authentication).
+#[utoipa::path(get, path = "/metrics", tag = "ops", security(()),
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): S) -> impl IntoResponse {
     state
         .metrics
@@ -53,6 +60,17 @@ async fn metrics(State(state): S) -> impl IntoResponse {
     )
 }
 
+/// Liveness (no authentication).
+#[utoipa::path(get, path = "/healthz", tag = "ops", security(()),
+    responses((status = 200, description = "ok", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: once the run cache has listed (no authentication).
+#[utoipa::path(get, path = "/readyz", tag = "ops", security(()),
+    responses((status = 200, description = "ok", body = String, content_type = "text/plain"),
+        (status = 503, description = "Starting", body = String, content_type = "text/plain")))]
 async fn readyz(State(state): S) -> impl IntoResponse {
     // Ready once the run cache has listed (an empty cluster answers too).
     if state.runs.is_ready() {
@@ -62,6 +80,10 @@ async fn readyz(State(state): S) -> impl IntoResponse {
     }
 }
 
-async fn openapi_json() -> impl IntoResponse {
-    Json(openapi::document())
+/// This document (no authentication).
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "ops", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API",
+        content_type = "application/json")))]
+async fn openapi_json(Extension(doc): Extension<Document>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], doc.0)
 }

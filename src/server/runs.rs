@@ -1,5 +1,6 @@
 //! Runs: `GET /api/v1/namespaces/{ns}/workflowruns` (list, from the watch cache),
-//! `GET …/workflowruns/{name}` and `POST …/workflowruns/{name}/stop`.
+//! `GET …/workflowruns/{name}`, `DELETE …/workflowruns/{name}` and
+//! `POST …/workflowruns/{name}/stop`.
 
 use super::{
     AppState, S,
@@ -12,29 +13,39 @@ use crate::{
     events::RunKey,
 };
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode},
-    routing::{get, post},
 };
 use jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams},
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Runs of a list page by default, and at most.
 const RUNS_DEFAULT: usize = 100;
 const RUNS_MAX: usize = 500;
 
-pub(super) fn router() -> Router<Arc<AppState>> {
-    let base = "/api/v1/namespaces/{namespace}/workflowruns";
-    Router::new()
-        .route(base, get(list_runs))
-        .route(&format!("{base}/{{name}}"), get(get_run))
-        .route(&format!("{base}/{{name}}/stop"), post(stop_run))
+pub(super) fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_runs))
+        .routes(routes!(get_run, delete_run))
+        .routes(routes!(stop_run))
+}
+
+/// The path parameters of one run.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by the OpenAPI document only
+pub(super) struct RunPath {
+    /// The run's namespace.
+    namespace: String,
+    /// The run's name.
+    name: String,
 }
 
 /// One run, as the API shows it.
@@ -59,6 +70,9 @@ pub struct RunSummary {
     pub progress: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages_published: Option<i64>,
+    /// Who or what started it (`status.triggeredBy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub triggered_by: Option<String>,
     /// A stop was asked (`spec.stop`).
     pub stop: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,8 +110,9 @@ pub struct RunList {
     pub continue_: Option<String>,
 }
 
-fn summary(run: &WorkflowRun) -> RunSummary {
+pub(super) fn summary(run: &WorkflowRun) -> RunSummary {
     let st = run.status.clone().unwrap_or_default();
+    let (workflow, connector, _) = run.started_with();
     let time = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
         t.map(|t| t.0.to_string())
     };
@@ -105,13 +120,14 @@ fn summary(run: &WorkflowRun) -> RunSummary {
         namespace: run.namespace().unwrap_or_default(),
         name: run.name_any(),
         uid: run.uid(),
-        workflow: run.spec.workflow_ref.name.clone(),
-        connector: run.spec.connector_ref.name.clone(),
+        workflow,
+        connector,
         phase: st.phase.unwrap_or_default(),
         reason: st.reason,
         message: st.message,
         progress: st.progress,
         messages_published: st.messages_published,
+        triggered_by: st.triggered_by,
         stop: run.spec.stop,
         created_at: time(run.metadata.creation_timestamp.as_ref()),
         started_at: time(st.started_at.as_ref()),
@@ -121,8 +137,9 @@ fn summary(run: &WorkflowRun) -> RunSummary {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Only runs in this phase.
     phase: Option<String>,
@@ -132,7 +149,13 @@ struct ListQuery {
     since: Option<String>,
     /// Only runs created before this time (RFC 3339).
     until: Option<String>,
+    /// Only runs started by this user or thing (`status.triggeredBy`, e.g. `alice`,
+    /// `schedule/nightly`).
+    #[serde(rename = "triggeredBy")]
+    triggered_by: Option<String>,
+    /// At most this many runs (default 100, at most 500).
     limit: Option<usize>,
+    /// The `continue` of the previous page.
     #[serde(rename = "continue")]
     continue_: Option<String>,
 }
@@ -169,6 +192,12 @@ fn list_key(run: &WorkflowRun) -> (i64, String) {
     )
 }
 
+/// Lists runs, newest first, from the watch cache (needs `list`).
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/workflowruns", tag = "runs",
+    params(("namespace" = String, Path, description = "The namespace"), ListQuery),
+    responses((status = 200, body = RunList), (status = 400, description = "A bad filter"),
+        (status = 403, description = "No `list` on workflowruns"),
+        (status = 404, description = "A namespace this API does not serve")))]
 async fn list_runs(
     State(state): S,
     Path(ns): Path<String>,
@@ -204,6 +233,11 @@ async fn list_runs(
             q.workflow
                 .as_ref()
                 .is_none_or(|w| &r.spec.workflow_ref.name == w)
+        })
+        .filter(|r| {
+            q.triggered_by
+                .as_ref()
+                .is_none_or(|t| r.status.as_ref().and_then(|s| s.triggered_by.as_ref()) == Some(t))
         })
         .filter(|r| {
             let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -242,6 +276,12 @@ async fn list_runs(
     }))
 }
 
+/// One run with a summary of its event log (needs `get`).
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/workflowruns/{name}", tag = "runs",
+    params(RunPath),
+    responses((status = 200, body = RunSummary),
+        (status = 403, description = "No `get` on the run"),
+        (status = 404, description = "No such run")))]
 async fn get_run(
     State(state): S,
     Path((ns, name)): Path<(String, String)>,
@@ -269,6 +309,13 @@ async fn get_run(
     Ok(Json(s))
 }
 
+/// Asks a run to stop (`spec.stop: true`; needs `patch`).
+#[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/workflowruns/{name}/stop",
+    tag = "runs", params(RunPath),
+    responses((status = 202, body = RunSummary, description = "The stop is asked"),
+        (status = 403, description = "No `patch` on the run"),
+        (status = 404, description = "No such run"),
+        (status = 409, description = "The run has already finished")))]
 async fn stop_run(
     State(state): S,
     Path((ns, name)): Path<(String, String)>,
@@ -278,7 +325,76 @@ async fn stop_run(
         .auth
         .check(&headers, &ns, Verb::Patch, Some(&name))
         .await?;
-    check_namespace(&state, &ns)?;
+    let run = stop(&state, &ns, &name).await?;
+    tracing::info!(namespace = %ns, name = %name, caller = caller.name(), "stop requested through the API");
+    Ok((StatusCode::ACCEPTED, Json(run)))
+}
+
+/// Deletes a run (needs `delete`). Its finalizer stops it if it is in flight and removes its
+/// event log; until then the run shows `deletionTimestamp` to `kubectl`.
+#[utoipa::path(delete, path = "/api/v1/namespaces/{namespace}/workflowruns/{name}",
+    tag = "runs", params(RunPath),
+    responses((status = 200, body = RunSummary, description = "The deletion is under way"),
+        (status = 403, description = "No `delete` on the run"),
+        (status = 404, description = "No such run")))]
+async fn delete_run(
+    State(state): S,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<RunSummary>, ApiError> {
+    let caller = state
+        .auth
+        .check(&headers, &ns, Verb::Delete, Some(&name))
+        .await?;
+    let run = delete(&state, &ns, &name).await?;
+    tracing::info!(namespace = %ns, name = %name, caller = caller.name(), "run deleted through the API");
+    Ok(Json(run))
+}
+
+/// Deletes one run once the caller is authorized: 404 when it does not exist.
+pub(super) async fn delete(state: &AppState, ns: &str, name: &str) -> Result<RunSummary, ApiError> {
+    check_namespace(state, ns)?;
+    let api: Api<WorkflowRun> = Api::namespaced(state.client.clone(), ns);
+    let run = api
+        .delete(name, &DeleteParams::background())
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => not_found(ns, name),
+            e => ApiError::unavailable(format!("deleting the run: {e}")),
+        })?;
+    Ok(run.either(|r| summary(&r), |_| RunSummary::gone(ns, name)))
+}
+
+impl RunSummary {
+    /// A run deleted at once (it had no finalizer).
+    fn gone(ns: &str, name: &str) -> RunSummary {
+        RunSummary {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            uid: None,
+            workflow: String::new(),
+            connector: String::new(),
+            phase: RunPhase::default(),
+            reason: Some("Deleted".into()),
+            message: None,
+            progress: None,
+            messages_published: None,
+            triggered_by: None,
+            stop: false,
+            created_at: None,
+            started_at: None,
+            completed_at: None,
+            stages: Vec::new(),
+            events: None,
+        }
+    }
+}
+
+/// Asks one run to stop once the caller is authorized: 404 when it does not exist, 409 when
+/// it has finished; a run already stopping answers as it is.
+pub(super) async fn stop(state: &AppState, ns: &str, name: &str) -> Result<RunSummary, ApiError> {
+    check_namespace(state, ns)?;
+    let (ns, name) = (ns.to_owned(), name.to_owned());
     let api: Api<WorkflowRun> = Api::namespaced(state.client.clone(), &ns);
     let run = api
         .get_opt(&name)
@@ -296,7 +412,7 @@ async fn stop_run(
         )));
     }
     if run.spec.stop {
-        return Ok((StatusCode::ACCEPTED, Json(summary(&run))));
+        return Ok(summary(&run));
     }
     let patch = serde_json::json!({ "spec": { "stop": true } });
     let run = api
@@ -306,6 +422,5 @@ async fn stop_run(
             kube::Error::Api(s) if s.code == 404 => not_found(&ns, &name),
             e => ApiError::unavailable(format!("setting spec.stop: {e}")),
         })?;
-    tracing::info!(namespace = %ns, name = %name, caller = caller.name(), "stop requested through the API");
-    Ok((StatusCode::ACCEPTED, Json(summary(&run))))
+    Ok(summary(&run))
 }

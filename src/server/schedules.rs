@@ -119,6 +119,11 @@ pub struct ScheduleList {
     pub items: Vec<ScheduleSummary>,
 }
 
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/workflowschedules", tag = "schedules",
+    params(("namespace" = String, Path, description = "The namespace")),
+    responses((status = 200, description = "{\"items\": [schedule summaries]}", content_type = "application/json"),
+        (status = 403, description = "No `list` on workflowschedules"),
+        (status = 404, description = "A namespace this API does not serve")))]
 async fn list(
     State(state): S,
     Path(ns): Path<String>,
@@ -138,6 +143,11 @@ async fn list(
     Ok(Json(ScheduleList { items }))
 }
 
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/workflowschedules/{name}", tag = "schedules",
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The schedule")),
+    responses((status = 200, description = "The schedule's summary: times, policy, Ready, active runs", content_type = "application/json"),
+        (status = 403, description = "No `get` on the schedule"),
+        (status = 404, description = "No such schedule")))]
 async fn get_one(
     State(state): S,
     Path((ns, name)): Path<(String, String)>,
@@ -156,6 +166,12 @@ async fn get_one(
     Ok(Json(summary(&s)))
 }
 
+#[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/workflowschedules/{name}/fire", tag = "schedules",
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The schedule")),
+    responses((status = 201, description = "The new WorkflowRun", content_type = "application/json"),
+        (status = 400, description = "The API server refuses the run"),
+        (status = 403, description = "No `create` on workflowruns"),
+        (status = 404, description = "No such schedule")))]
 async fn fire(
     State(state): S,
     Path((ns, name)): Path<(String, String)>,

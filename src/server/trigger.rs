@@ -59,6 +59,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(s.to_owned()))
 }
 
+#[utoipa::path(post, path = "/api/v1/trigger", tag = "trigger",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "The same key in the same namespace within 24 hours answers the first run")),
+    request_body(description = "{\"namespace\", \"workflow\", \"connector\", \"params\", \"labels\"}",
+        content_type = "application/json"),
+    responses((status = 201, body = Triggered, description = "The run is created"),
+        (status = 200, body = Triggered, description = "The run an earlier request with this Idempotency-Key created"),
+        (status = 400, description = "A bad body (the message names the field) or params the Workflow does not take"),
+        (status = 403, description = "No `create` on workflowruns in the namespace"),
+        (status = 404, description = "An unserved namespace, or no such Workflow or BrokerConnector"),
+        (status = 413, description = "A body over 64 KiB")))]
 async fn trigger(State(state): S, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = create::read_body(body).await?;
     let m = create::json_object(&bytes)?;
