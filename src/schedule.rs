@@ -24,6 +24,9 @@ use croner::{
 use jiff::{SignedDuration, Timestamp, tz::TimeZone};
 use std::time::Duration;
 
+/// The longest name a schedule may have: a label value (its runs carry it as one).
+pub const MAX_NAME: usize = 63;
+
 /// The time zone of a schedule that names none.
 pub const DEFAULT_TIME_ZONE: &str = "UTC";
 
@@ -34,6 +37,11 @@ pub enum ScheduleError {
     InvalidSchedule { text: String, message: String },
     #[error("spec.endAt must be after spec.startAt")]
     InvalidWindow,
+    #[error(
+        "metadata.name {name:?} is longer than {MAX_NAME} characters: it is the value of the label \
+         devset.io/schedule on the schedule's runs; use a shorter name"
+    )]
+    InvalidName { name: String },
     #[error(
         "spec.timeZone {name:?} is not a time zone of the IANA database; use a name such as UTC, \
          Europe/Paris or America/New_York"
@@ -48,6 +56,7 @@ impl ScheduleError {
             Self::InvalidSchedule { .. } => "InvalidSchedule",
             Self::InvalidTimeZone { .. } => "InvalidTimeZone",
             Self::InvalidWindow => "InvalidWindow",
+            Self::InvalidName { .. } => "InvalidName",
         }
     }
 
@@ -57,6 +66,7 @@ impl ScheduleError {
             Self::InvalidSchedule { .. } => "spec.schedule",
             Self::InvalidTimeZone { .. } => "spec.timeZone",
             Self::InvalidWindow => "spec.endAt",
+            Self::InvalidName { .. } => "metadata.name",
         }
     }
 }
@@ -238,9 +248,10 @@ impl Window {
     }
 }
 
-/// A schedule's fields as the spec has them.
+/// A schedule's fields as the spec has them, and its name.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Spec<'a> {
+    pub name: &'a str,
     pub schedule: &'a str,
     pub time_zone: Option<&'a str>,
     pub start_at: Option<Timestamp>,
@@ -251,6 +262,11 @@ pub struct Spec<'a> {
 impl Spec<'_> {
     /// The schedule and its window, or the first thing wrong with them.
     pub fn parse(&self) -> Result<(Schedule, Window), ScheduleError> {
+        if self.name.len() > MAX_NAME {
+            return Err(ScheduleError::InvalidName {
+                name: self.name.to_owned(),
+            });
+        }
         if let (Some(s), Some(e)) = (self.start_at, self.end_at)
             && e <= s
         {
@@ -428,6 +444,21 @@ mod tests {
                 .to_string()
                 .contains("matches no time")
         );
+        let long = "x".repeat(64);
+        let e = Spec {
+            name: &long,
+            schedule: "@daily",
+            ..Default::default()
+        }
+        .parse()
+        .unwrap_err();
+        assert_eq!((e.reason(), e.field()), ("InvalidName", "metadata.name"));
+        let ok = Spec {
+            name: &long[..63],
+            schedule: "@daily",
+            ..Default::default()
+        };
+        assert!(ok.parse().is_ok());
         let e = err("@daily", "Mars/Olympus_Mons");
         assert_eq!(
             (e.reason(), e.field()),

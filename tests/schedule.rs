@@ -261,6 +261,7 @@ fn history_limits_suspend_end_at_and_bad_text() {
             "quick",
             "  timeZone: Mars/Olympus_Mons\n",
         ),
+        schedule(&"long".repeat(16), "@every 2s", "quick", ""),
     ];
     env().apply(&ns, &manifests.join("---\n"));
 
@@ -281,6 +282,10 @@ fn history_limits_suspend_end_at_and_bad_text() {
         (ready(&ns, "badtz") == ("False".into(), "InvalidTimeZone".into())).then_some(())
     });
     wait_for_event(&ns, "badcron", "InvalidSchedule");
+    // 64 characters: too long for the label its runs would carry.
+    wait_until(Duration::from_secs(20), "a long name not ready", || {
+        (ready(&ns, &"long".repeat(16)) == ("False".into(), "InvalidName".into())).then_some(())
+    });
     assert!(runs_of(&ns, "badcron").is_empty() && runs_of(&ns, "badtz").is_empty());
 
     // History: the oldest completed runs go, with their event logs.

@@ -204,8 +204,8 @@ pub struct WorkflowScheduleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`: True when the schedule and time zone are valid (reason `Scheduled`, or
-    /// `Suspended`, `Ended`); False with reason `InvalidSchedule`, `InvalidTimeZone` or
-    /// `InvalidWindow`.
+    /// `Suspended`, `Ended`); False with reason `InvalidSchedule`, `InvalidTimeZone`,
+    /// `InvalidWindow` or `InvalidName`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -217,21 +217,22 @@ pub const SCHEDULE_LABEL: &str = "devset.io/schedule";
 /// run fired now.
 pub const SCHEDULED_AT_ANNOTATION: &str = "devset.io/scheduled-at";
 
-impl WorkflowScheduleSpec {
-    /// The schedule and its window, or what is wrong with them (naming the field).
+impl WorkflowSchedule {
+    /// The schedule and its window, or what is wrong with them or the name (naming the field).
     pub fn parse(&self) -> Result<(Schedule, Window), ScheduleError> {
+        let name = self.name_any();
+        let spec = &self.spec;
         Spec {
-            schedule: &self.schedule,
-            time_zone: self.time_zone.as_deref(),
-            start_at: self.start_at.as_ref().map(|t| t.0),
-            end_at: self.end_at.as_ref().map(|t| t.0),
-            starting_deadline_seconds: self.starting_deadline_seconds,
+            name: &name,
+            schedule: &spec.schedule,
+            time_zone: spec.time_zone.as_deref(),
+            start_at: spec.start_at.as_ref().map(|t| t.0),
+            end_at: spec.end_at.as_ref().map(|t| t.0),
+            starting_deadline_seconds: spec.starting_deadline_seconds,
         }
         .parse()
     }
-}
 
-impl WorkflowSchedule {
     /// The run this schedule creates: `name` (or, without one, a name generated from
     /// `SCHEDULE-manual-`), its template's labels and annotations plus [`SCHEDULE_LABEL`], the
     /// [`TRIGGERED_BY_ANNOTATION`] `triggered_by`, [`SCHEDULED_AT_ANNOTATION`] when
@@ -296,7 +297,7 @@ mod tests {
     fn the_sample_parses_and_defaults_fill_in() {
         let s = sample();
         assert_eq!(s.spec.concurrency_policy, ConcurrencyPolicy::Forbid);
-        let (schedule, window) = s.spec.parse().unwrap();
+        let (schedule, window) = s.parse().unwrap();
         assert_eq!(window.deadline, Some(std::time::Duration::from_secs(300)));
         // Friday 2027-01-01, 12:00 UTC: next Monday 09:00 in Paris (CET) is 08:00 UTC.
         let next = schedule.next_after("2027-01-01T12:00:00Z".parse().unwrap());

@@ -124,7 +124,7 @@ fn check_schedule(doc: &Doc, docs: &[Doc]) -> Option<Problem> {
         Ok(s) => s,
         Err(p) => return Some(p),
     };
-    if let Err(e) = schedule.spec.parse() {
+    if let Err(e) = schedule.parse() {
         return Some(Problem {
             at: doc.at(e.field()),
             message: e.to_string(),

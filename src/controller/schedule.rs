@@ -86,20 +86,23 @@ async fn reconcile(s: Arc<WorkflowSchedule>, ctx: Arc<Context>) -> Result<Action
     let name = s.name_any();
     let runs_api: Api<WorkflowRun> = ctx.api(&ns);
     let now = Timestamp::now();
-    let mut runs: Vec<WorkflowRun> = runs_api
-        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
-        .await?
-        .items
-        .into_iter()
-        .filter(|r| s.owns(r) && r.metadata.deletion_timestamp.is_none())
-        .collect();
+    // A name too long for a label has no runs (and cannot be a label selector): Ready says so.
+    let mut runs: Vec<WorkflowRun> = if name.len() > schedule::MAX_NAME {
+        Vec::new()
+    } else {
+        runs_api
+            .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
+            .await?
+            .items
+    };
+    runs.retain(|r| s.owns(r) && r.metadata.deletion_timestamp.is_none());
     let old = s.status.clone().unwrap_or_default();
     let mut last_schedule_time = old.last_schedule_time.as_ref().map(|t| t.0);
     let (mut ready, mut reason) = ("True", "Scheduled");
     let message: String;
     let mut next = None;
 
-    match s.spec.parse() {
+    match s.parse() {
         Err(e) => {
             (ready, reason) = ("False", e.reason());
             message = e.to_string();
