@@ -222,7 +222,8 @@ mod tests {
             docs.iter()
                 .filter(|d| d.api_version().starts_with("devset.io/"))
                 .count(),
-            4
+            5,
+            "two connectors, a workflow, a run, a schedule"
         );
     }
 
