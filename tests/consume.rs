@@ -463,6 +463,100 @@ async fn kafka_unreachable_broker() {
 
 #[tokio::test]
 #[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+async fn kafka_read_in_place_gives_what_the_copies_give_and_leaves_what_it_did_not_take() {
+    let topic = unique("it-consume");
+    create_topic(&topic, 2).await;
+    let n = 500;
+    let recs: Vec<Rec> = (1..=n).map(|i| rec((i % 2) as i32, i)).collect();
+    produce(&topic, &recs).await;
+    // Bytes that are not UTF-8 (read as text with U+FFFD, in place and in the copies alike),
+    // and a header without a value.
+    let raw = producer();
+    raw.send(
+        FutureRecord::to(&topic)
+            .partition(0)
+            .key(b"k-\xff".as_slice())
+            .payload(b"p-\xfe".as_slice())
+            .headers(OwnedHeaders::new().insert(Header::<&[u8]> {
+                key: "nothing",
+                value: None,
+            })),
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .expect("the broker acknowledges the message");
+    let n = n + 1;
+    let source = Source::Topic {
+        topic: topic.clone(),
+        from: StartAt::Earliest,
+    };
+    let mut c = Consumer::open(&kafka(), &source).await.expect("open");
+    let copies = read_exactly(&mut c, n, Duration::from_secs(60), Duration::ZERO).await;
+    c.close().await;
+
+    // In place, stopping after every 7th message: the next call starts with the one after.
+    let mut c = Consumer::open(&kafka(), &source).await.expect("open");
+    let mut seen: Vec<Received> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {n} in place",
+            seen.len()
+        );
+        let before = seen.len();
+        let k = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.next_batch_with(1024, |m| {
+                let mut r = Received::default();
+                m.copy_to(&mut r);
+                assert_eq!(m.seq(), r.msg.seq);
+                assert_eq!(m.key().as_deref(), r.msg.key.as_deref());
+                assert_eq!(m.payload(), r.msg.payload);
+                for (name, value) in &r.msg.headers {
+                    assert_eq!(m.header(name).as_deref(), Some(value.as_str()));
+                }
+                assert_eq!(m.delivery(), r.delivery);
+                seen.push(r);
+                !seen.len().is_multiple_of(7)
+            }),
+        )
+        .await
+        .expect("a batch within 10 s")
+        .expect("next_batch_with");
+        assert_eq!(k, seen.len() - before);
+        assert!(k <= 7, "{k} after a stop");
+        assert_eq!(c.read(), seen.len() as u64);
+    }
+    c.close().await;
+    assert_seq(&seen);
+    let by_place = |all: &[Received]| -> BTreeMap<(i32, i64), Received> {
+        all.iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.msg.seq = 0;
+                (
+                    (r.delivery.partition.unwrap(), r.delivery.offset.unwrap()),
+                    r,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(by_place(&seen), by_place(&copies));
+    let odd = copies
+        .iter()
+        .find(|r| r.msg.key.as_deref() == Some("k-\u{fffd}"))
+        .expect("the message with bytes that are not UTF-8");
+    assert_eq!(odd.msg.payload, "p-\u{fffd}");
+    assert_eq!(
+        odd.msg.headers,
+        vec![("nothing".to_string(), String::new())]
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
 async fn kafka_next_batch_dropped_by_timeouts_loses_no_message() {
     let topic = unique("it-consume");
     create_topic(&topic, 3).await;

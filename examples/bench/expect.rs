@@ -9,7 +9,7 @@
 //! broker's not included), which a busy machine disturbs less than the wall time. Rows that
 //! break the engine's time down (`--expect-breakdown false` leaves them out): devset's consumer
 //! alone (`brokers::Consumer`, what the stage reads through, without `where`) and the `where`
-//! alone (compiled CEL evaluated on messages in memory, the stage's per-message scope included).
+//! alone (`Expr::matches` on messages in memory: native for a simple `where`, else CEL).
 //! Stalls of the fetcher (librdkafka pauses fetching when its prefetch queue is full, 1 s by
 //! default) are logged per run.
 
@@ -21,10 +21,10 @@ use crate::{
 };
 use devset::{
     api::{ExpectAction, ExpectFrom, Stage, WorkflowSpec},
-    brokers::{BrokerConfig, Consumer, Delivery, Source, StartAt},
+    brokers::{BrokerConfig, Consumer, Delivery, Incoming, Received, Source, StartAt},
     engine::{
         approval::NoApprovals,
-        expr::{Expr, MESSAGE_VARIABLES, add_message_reading, root_scope},
+        expr::{Expr, MESSAGE_VARIABLES, root_scope, with_message},
         outputs::Stages,
         runner::{self, Observer, RunInput, RunOutcome, StageOutcome},
     },
@@ -235,7 +235,7 @@ async fn measure(
                 Unit::PerSec,
             )
             .values(per_sec(&secs[1]))
-            .note("`brokers::Consumer` open, `next_batch` ×N, close: the stage without `where`"),
+            .note("`brokers::Consumer` open, `next_batch_with` ×N copying each message as a match is, close: the stage without `where`"),
             raw_rate.clone(),
         ));
         rows.push(with_raw(
@@ -251,16 +251,21 @@ async fn measure(
     }
     if args.sides.contains(&Side::Engine) && args.expect_breakdown {
         for w in wheres {
-            let (ns, scope_ns) = where_alone(w, n, &pad, args.reps())?;
+            let (ns, cel_ns, fast) = where_alone(w, n, &pad, args.reps())?;
+            let how = if fast {
+                "native (`Expr::matches`' fast path)"
+            } else {
+                "CEL (no fast path for it)"
+            };
             eprintln!(
-                "[bench] expect where `{w}` alone: {:.0} ns CPU per message, of which {scope_ns:.0} ns build the scope (new_inner_scope, add_message_reading)",
+                "[bench] expect where `{w}` alone: {:.0} ns CPU per message, {how}; through CEL: {cel_ns:.0} ns",
                 median(&ns)
             );
             rows.push(
                 Row::new("Kafka expect", &case, "CPU ns/message, `where` alone", Unit::Nanos)
                     .values(ns)
                     .note(format!(
-                        "`{w}` on messages in memory: the per-message scope (`add_message_reading`, the variables it reads) and `eval_bool`"
+                        "`{w}` on messages in memory, `Expr::matches`: {how}; through CEL (scope and all) {cel_ns:.0} ns"
                     )),
             );
         }
@@ -374,8 +379,9 @@ fn raw(
     Ok((start.elapsed(), closing.elapsed()))
 }
 
-/// devset's consumer alone: opened on the topic from the beginning, `next_batch` until `n`
-/// messages, closed. The time from opening to the end of the close, and the close alone.
+/// devset's consumer alone: opened on the topic from the beginning, `next_batch_with` until `n`
+/// messages, each copied into one reused `Received` as the stage copies a match, closed. The
+/// time from opening to the end of the close, and the close alone.
 async fn consumer_alone(
     broker: &BrokerConfig,
     topic: &str,
@@ -388,17 +394,22 @@ async fn consumer_alone(
     };
     let mut consumer = Consumer::open(broker, &source).await?;
     let opened = start.elapsed();
-    let mut batch = Vec::with_capacity(1024);
+    let mut copy = Received::default();
     let mut got = 0u64;
     let mut gaps = Gaps::default();
     while got < n {
-        batch.clear();
-        let k = tokio::time::timeout(READ_TIMEOUT, consumer.next_batch(&mut batch, 1024))
-            .await
-            .map_err(|_| anyhow::anyhow!("consumer alone: {got} of {n} messages"))??;
+        let k = tokio::time::timeout(
+            READ_TIMEOUT,
+            consumer.next_batch_with(1024, |m| {
+                m.copy_to(&mut copy);
+                black_box(&copy);
+                true
+            }),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("consumer alone: {got} of {n} messages"))??;
         gaps.tick();
         got += k as u64;
-        black_box(&batch);
     }
     let closing = Instant::now();
     consumer.close().await;
@@ -524,17 +535,22 @@ async fn engine(
     Ok(took)
 }
 
-/// The CPU nanoseconds per message of `where_` alone, one value per repetition: the stage's
-/// per-message work (a child scope with the message, then `eval_bool`) on at least 300,000
-/// evaluations over [`WHERE_SAMPLES`] messages rendered as the topic's. Also the part of it that
-/// only builds the scope (`new_inner_scope` and `add_message_reading`), the median over the
-/// repetitions. CPU time rather than wall time, so that other processes on the machine do not
-/// count; this thread is the only busy one of the process meanwhile.
-fn where_alone(where_: &str, n: u64, pad: &str, reps: usize) -> anyhow::Result<(Vec<f64>, f64)> {
+/// The CPU nanoseconds per message of `where_` alone, one value per repetition: what the
+/// stage does per message (`Expr::matches` on the message in place) on at least 300,000
+/// evaluations over [`WHERE_SAMPLES`] messages rendered as the topic's. Also the same through
+/// CEL (a child scope with the message, `eval_bool`), the median over the repetitions, and
+/// whether the expression has a fast path. CPU time rather than wall time, so that other
+/// processes on the machine do not count; this thread is the only busy one of the process
+/// meanwhile.
+fn where_alone(
+    where_: &str,
+    n: u64,
+    pad: &str,
+    reps: usize,
+) -> anyhow::Result<(Vec<f64>, f64, bool)> {
     let expr = Expr::compile(where_, MESSAGE_VARIABLES).map_err(|e| anyhow::anyhow!("{e}"))?;
     let root = root_scope(&BTreeMap::new(), &Stages::new());
-    // What the stage does (src/engine/expect.rs): only the variables the expression reads.
-    let reads = expr.reads();
+    let delivery = Delivery::default();
     let msgs: Vec<Message> = (1..=WHERE_SAMPLES)
         .map(|seq| {
             let (mut key, mut payload) = (String::new(), String::new());
@@ -549,33 +565,32 @@ fn where_alone(where_: &str, n: u64, pad: &str, reps: usize) -> anyhow::Result<(
         })
         .collect();
     let n = n.max(300_000);
-    let msg = |i: u64| &msgs[(i % WHERE_SAMPLES) as usize];
-    let (mut total, mut scope_only) = (Vec::new(), Vec::new());
+    let msg = |i: u64| Incoming::of(&msgs[(i % WHERE_SAMPLES) as usize], &delivery);
+    let (mut total, mut cel) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         let cpu = cpu_seconds()?;
         for i in 0..n {
-            let mut scope = root.new_inner_scope();
-            add_message_reading(&mut scope, msg(i), reads);
-            black_box(&scope);
+            let m = msg(i);
+            let matched = with_message(&root, &m, |scope| expr.eval_bool(scope))
+                .map_err(|e| anyhow::anyhow!("where `{where_}` on message {}: {e}", m.seq()))?;
+            black_box(matched);
         }
-        scope_only.push((cpu_seconds()? - cpu) * 1e9 / n as f64);
+        cel.push((cpu_seconds()? - cpu) * 1e9 / n as f64);
         let cpu = cpu_seconds()?;
         for i in 0..n {
-            let msg = msg(i);
-            let mut scope = root.new_inner_scope();
-            add_message_reading(&mut scope, msg, reads);
+            let m = msg(i);
             let matched = expr
-                .eval_bool(&scope)
-                .map_err(|e| anyhow::anyhow!("where `{where_}` on message {}: {e}", msg.seq))?;
+                .matches(&root, &m)
+                .map_err(|e| anyhow::anyhow!("where `{where_}` on message {}: {e}", m.seq()))?;
             anyhow::ensure!(
                 matched,
                 "where `{where_}` does not match message {}",
-                msg.seq
+                m.seq()
             );
         }
         total.push((cpu_seconds()? - cpu) * 1e9 / n as f64);
     }
-    Ok((total, median(&scope_only)))
+    Ok((total, median(&cel), expr.has_fast_path()))
 }
 
 /// The CPU time of this process so far (all its threads), from `/proc/self/stat`.

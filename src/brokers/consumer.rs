@@ -6,7 +6,8 @@
 
 use super::{BrokerConfig, BrokerError, Delivery, kafka_consumer, rabbitmq_consumer};
 use crate::message::Message;
-use std::{fmt, time::Duration};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use std::{borrow::Cow, fmt, time::Duration};
 
 /// Where a Kafka consumer starts reading each partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,10 +78,152 @@ pub struct Received {
     pub delivery: Delivery,
 }
 
+/// A message where the consumer holds it, read in place: nothing is copied or decoded until
+/// asked for, so a message that does not match costs no allocation. Text is as in
+/// [`Received`]: invalid UTF-8 replaced with U+FFFD.
+pub struct Incoming<'a> {
+    seq: u64,
+    src: Src<'a>,
+}
+
+enum Src<'a> {
+    /// A message in librdkafka's memory.
+    Kafka(&'a BorrowedMessage<'a>),
+    /// A message already owned.
+    Owned(&'a Message, &'a Delivery),
+}
+
+impl<'a> Incoming<'a> {
+    /// A message already owned (a RabbitMQ delivery, the last match kept for captures).
+    pub fn of(msg: &'a Message, delivery: &'a Delivery) -> Incoming<'a> {
+        Incoming {
+            seq: msg.seq,
+            src: Src::Owned(msg, delivery),
+        }
+    }
+
+    pub(super) fn kafka(msg: &'a BorrowedMessage<'a>, seq: u64) -> Incoming<'a> {
+        Incoming {
+            seq,
+            src: Src::Kafka(msg),
+        }
+    }
+
+    /// Its number among the messages the consumer read: 1, 2, 3, …
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The key as text.
+    pub fn key(&self) -> Option<Cow<'a, str>> {
+        match self.src {
+            Src::Kafka(m) => m.key().map(text),
+            Src::Owned(m, _) => m.key.as_deref().map(Cow::Borrowed),
+        }
+    }
+
+    /// The payload as text.
+    pub fn payload(&self) -> Cow<'a, str> {
+        match self.src {
+            Src::Kafka(m) => text(m.payload().unwrap_or_default()),
+            Src::Owned(m, _) => Cow::Borrowed(&m.payload),
+        }
+    }
+
+    /// The value of the last header named `name`, as text (a Kafka header without a value is
+    /// empty).
+    pub fn header(&self, name: &str) -> Option<Cow<'a, str>> {
+        let mut found = None;
+        self.each_header(|k, v| {
+            if k == name {
+                found = Some(v);
+            }
+        });
+        found.map(text)
+    }
+
+    /// Calls `f` with each header's name and value bytes, in order.
+    pub fn each_header(&self, mut f: impl FnMut(&'a str, &'a [u8])) {
+        match self.src {
+            Src::Kafka(m) => {
+                if let Some(h) = m.headers() {
+                    for h in h.iter() {
+                        f(h.key, h.value.unwrap_or_default());
+                    }
+                }
+            }
+            Src::Owned(m, _) => {
+                for (k, v) in &m.headers {
+                    f(k, v.as_bytes());
+                }
+            }
+        }
+    }
+
+    /// Where the broker had it.
+    pub fn delivery(&self) -> Delivery {
+        match self.src {
+            Src::Kafka(m) => Delivery {
+                partition: Some(m.partition()),
+                offset: Some(m.offset()),
+                delivery_tag: None,
+            },
+            Src::Owned(_, d) => d.clone(),
+        }
+    }
+
+    /// Copies the message into `out`, reusing its buffers (no allocation once they are large
+    /// enough).
+    pub fn copy_to(&self, out: &mut Received) {
+        let msg = &mut out.msg;
+        msg.seq = self.seq;
+        match self.src {
+            Src::Kafka(m) => {
+                match m.key() {
+                    Some(k) => set_text(msg.key.get_or_insert_with(String::new), k),
+                    None => msg.key = None,
+                }
+                set_text(&mut msg.payload, m.payload().unwrap_or_default());
+                msg.routing_key = None;
+            }
+            Src::Owned(m, _) => {
+                msg.key.clone_from(&m.key);
+                msg.payload.clone_from(&m.payload);
+                msg.routing_key.clone_from(&m.routing_key);
+            }
+        }
+        let mut n = 0;
+        self.each_header(|k, v| {
+            match msg.headers.get_mut(n) {
+                Some((name, value)) => {
+                    name.clear();
+                    name.push_str(k);
+                    set_text(value, v);
+                }
+                None => msg.headers.push((k.to_owned(), lossy(v))),
+            }
+            n += 1;
+        });
+        msg.headers.truncate(n);
+        out.delivery = self.delivery();
+    }
+}
+
+impl fmt::Debug for Incoming<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("seq", &self.seq)
+            .field("delivery", &self.delivery())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A consumer of one [`Source`].
 pub struct Consumer {
     inner: Inner,
     read: u64,
+    /// RabbitMQ: the deliveries of the current [`Consumer::next_batch_with`].
+    scratch: Vec<Received>,
 }
 
 enum Inner {
@@ -128,7 +271,11 @@ impl Consumer {
                 )));
             }
         };
-        Ok(Consumer { inner, read: 0 })
+        Ok(Consumer {
+            inner,
+            read: 0,
+            scratch: Vec::new(),
+        })
     }
 
     /// Waits until at least one message is there, then appends up to `max` messages to `out`
@@ -151,6 +298,43 @@ impl Consumer {
             Inner::RabbitMq(c) => c.next_batch(out, max, self.read).await?,
         };
         self.read += n as u64;
+        Ok(n)
+    }
+
+    /// Like [`Consumer::next_batch`], but hands each message to `f` where the consumer holds
+    /// it, without copying it; `f` copies what it keeps ([`Incoming::copy_to`]) and returns
+    /// whether it wants more of this batch. Returns how many messages `f` was given. Cancel-safe
+    /// in the same way: `f` is called only once the wait is over, never across an await.
+    ///
+    /// On Kafka a message `f` was not given stays for the next call. On RabbitMQ the messages
+    /// of a batch are taken off the queue together: those after the one `f` stopped at are
+    /// counted as read and dropped (ask for no more than you want).
+    pub async fn next_batch_with<F>(&mut self, max: usize, mut f: F) -> Result<usize, BrokerError>
+    where
+        F: FnMut(&Incoming<'_>) -> bool,
+    {
+        if max == 0 {
+            return Ok(0);
+        }
+        let (n, taken) = match &mut self.inner {
+            Inner::Kafka(c) => {
+                let n = c.next_batch_with(max, &mut f).await?;
+                (n, n)
+            }
+            Inner::RabbitMq(c) => {
+                self.scratch.clear();
+                let taken = c.next_batch(&mut self.scratch, max, self.read).await?;
+                let mut n = 0;
+                for r in &self.scratch {
+                    n += 1;
+                    if !f(&Incoming::of(&r.msg, &r.delivery)) {
+                        break;
+                    }
+                }
+                (n, taken)
+            }
+        };
+        self.read += taken as u64;
         Ok(n)
     }
 
@@ -215,7 +399,22 @@ pub async fn delete_tap(cfg: &BrokerConfig, queue: &str) -> Result<(), BrokerErr
 
 /// Bytes as text, invalid UTF-8 replaced with U+FFFD.
 pub(super) fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    text(bytes).into_owned()
+}
+
+/// Bytes as text without copying them when they are valid UTF-8 (checked with the fast
+/// `str::from_utf8`; only bad bytes take the slower lossy path).
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// Replaces `dst` with `bytes` as text, reusing its buffer.
+fn set_text(dst: &mut String, bytes: &[u8]) {
+    dst.clear();
+    dst.push_str(&text(bytes));
 }
 
 /// Owned bytes as text without copying them when they are valid UTF-8.
@@ -273,5 +472,47 @@ mod tests {
         assert_eq!(lossy(b"a\xffb"), "a\u{fffd}b");
         assert_eq!(lossy_owned(b"ok".to_vec()), "ok");
         assert_eq!(lossy_owned(b"\xfe".to_vec()), "\u{fffd}");
+        let mut s = String::from("a longer text than what comes");
+        set_text(&mut s, b"x\xffy");
+        assert_eq!(s, "x\u{fffd}y");
+    }
+
+    #[test]
+    fn an_owned_message_reads_and_copies_in_place() {
+        let msg = Message {
+            seq: 7,
+            key: Some("k".into()),
+            headers: vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "2".into()),
+                ("a".into(), "3".into()),
+            ],
+            payload: "p".into(),
+            routing_key: Some("r".into()),
+        };
+        let delivery = Delivery {
+            delivery_tag: Some(4),
+            ..Default::default()
+        };
+        let m = Incoming::of(&msg, &delivery);
+        assert_eq!(m.seq(), 7);
+        assert_eq!(m.key().as_deref(), Some("k"));
+        assert_eq!(m.header("a").as_deref(), Some("3"), "the last one");
+        assert_eq!(m.header("c"), None);
+        assert_eq!(m.payload(), "p");
+        // Into a buffer that held a bigger message: every field is replaced.
+        let mut out = Received {
+            msg: Message {
+                seq: 1,
+                key: None,
+                headers: vec![("x".into(), "y".into()); 5],
+                payload: "old".repeat(10),
+                routing_key: None,
+            },
+            delivery: Delivery::default(),
+        };
+        m.copy_to(&mut out);
+        assert_eq!(out.msg, msg);
+        assert_eq!(out.delivery, delivery);
     }
 }

@@ -1,23 +1,22 @@
 //! The Kafka side of [`super::Consumer`]: an rdkafka `BaseConsumer` assigned to every partition
-//! of a topic at resolved offsets. `next_batch` takes what librdkafka has prefetched with
-//! non-blocking polls, converting as it goes, and waits (for librdkafka's "queue became
-//! non-empty" callback) only when nothing is there: one task wakeup per batch at most, no thread
-//! hop, and each message's memory is allocated and freed on the same thread.
+//! of a topic at resolved offsets. `next_batch_with` hands what librdkafka has prefetched to its
+//! caller with non-blocking polls, in place (nothing is copied unless the caller keeps it), and
+//! waits (for librdkafka's "queue became non-empty" callback) only when nothing is there: one
+//! task wakeup per batch at most, no thread hop, and each message's memory is allocated and freed
+//! on the same thread.
 //!
 //! The consumer has a throwaway `group.id` (librdkafka needs one to assign partitions) but never
 //! joins the group and never commits or stores offsets.
 
 use super::{
-    BrokerError, Delivery, KafkaConfig,
-    consumer::{Received, StartAt, lossy},
+    BrokerError, KafkaConfig,
+    consumer::{Incoming, Received, StartAt},
     kafka::{Context, classify_request_error, client_config, is_auth_code},
 };
-use crate::message::Message;
 use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer as _, ConsumerContext},
     error::{KafkaError, RDKafkaErrorCode},
-    message::{BorrowedMessage, Headers as _, Message as _},
 };
 use std::{
     sync::Arc,
@@ -135,13 +134,31 @@ impl KafkaConsumer {
         out: &mut Vec<Received>,
         max: usize,
     ) -> Result<usize, BrokerError> {
+        self.next_batch_with(max, &mut |m: &Incoming<'_>| {
+            let mut r = Received::default();
+            m.copy_to(&mut r);
+            out.push(r);
+            true
+        })
+        .await
+    }
+
+    /// See [`super::Consumer::next_batch_with`].
+    pub(super) async fn next_batch_with<F>(
+        &mut self,
+        max: usize,
+        f: &mut F,
+    ) -> Result<usize, BrokerError>
+    where
+        F: FnMut(&Incoming<'_>) -> bool,
+    {
         if let Some(e) = self.pending_error.take() {
             return Err(e);
         }
         // Cancel-safe: the only await is the wait below, which holds no message; `drain` takes
-        // messages and returns them without awaiting.
+        // messages and hands them to `f` without awaiting.
         loop {
-            let n = self.drain(out, max)?;
+            let n = self.drain(max, f)?;
             if n > 0 {
                 return Ok(n);
             }
@@ -152,8 +169,12 @@ impl KafkaConsumer {
         }
     }
 
-    /// Appends up to `max` messages that are already there, without blocking.
-    fn drain(&mut self, out: &mut Vec<Received>, max: usize) -> Result<usize, BrokerError> {
+    /// Hands up to `max` messages that are already there to `f`, without blocking, until `f`
+    /// says it has enough.
+    fn drain<F>(&mut self, max: usize, f: &mut F) -> Result<usize, BrokerError>
+    where
+        F: FnMut(&Incoming<'_>) -> bool,
+    {
         let Some(consumer) = &self.consumer else {
             return Err(BrokerError::Other("the consumer is closed".into()));
         };
@@ -162,8 +183,10 @@ impl KafkaConsumer {
             match consumer.poll(Duration::ZERO) {
                 Some(Ok(m)) => {
                     self.seq += 1;
-                    out.push(convert(&m, self.seq));
                     n += 1;
+                    if !f(&Incoming::kafka(&m, self.seq)) {
+                        break;
+                    }
                 }
                 Some(Err(e)) => {
                     if let Some(e) = fatal(e, &self.topic, consumer) {
@@ -388,30 +411,6 @@ fn fatal(e: KafkaError, topic: &str, consumer: &BaseConsumer<Context>) -> Option
             tracing::debug!(topic, error = %ctx.scrub(e.to_string()), "Kafka consumer error; retrying");
             None
         }
-    }
-}
-
-fn convert(m: &BorrowedMessage<'_>, seq: u64) -> Received {
-    let headers = match m.headers() {
-        Some(h) => h
-            .iter()
-            .map(|h| (h.key.to_string(), h.value.map(lossy).unwrap_or_default()))
-            .collect(),
-        None => Vec::new(),
-    };
-    Received {
-        msg: Message {
-            seq,
-            key: m.key().map(lossy),
-            headers,
-            payload: m.payload().map(lossy).unwrap_or_default(),
-            routing_key: None,
-        },
-        delivery: Delivery {
-            partition: Some(m.partition()),
-            offset: Some(m.offset()),
-            delivery_tag: None,
-        },
     }
 }
 

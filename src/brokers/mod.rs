@@ -13,7 +13,9 @@ mod kafka_consumer;
 mod rabbitmq;
 mod rabbitmq_consumer;
 
-pub use consumer::{Consumer, Received, Source, StartAt, declare_tap, delete_tap, end_offsets};
+pub use consumer::{
+    Consumer, Incoming, Received, Source, StartAt, declare_tap, delete_tap, end_offsets,
+};
 
 use crate::api::{
     BrokerConnectorSpec, CredentialsSecretRef, KafkaSecurityProtocol, SaslMechanism, TlsConfig,

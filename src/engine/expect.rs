@@ -9,12 +9,12 @@
 use super::{
     amounts::{self, INVALID_AMOUNT},
     duration::parse_duration,
-    expr::{Expr, MESSAGE_VARIABLES, Reads, add_message_reading, root_scope, to_output},
+    expr::{Expr, MESSAGE_VARIABLES, root_scope, to_output, with_message},
     runner::{Attempt, Shared, StageOutcome, StageState, broker_failure, failed},
 };
 use crate::{
     api::{ExpectAction, ExpectFrom, Stage},
-    brokers::{self, Consumer, Received, Source, StartAt},
+    brokers::{self, Consumer, Incoming, Received, Source, StartAt},
     message::Target,
 };
 use std::{collections::BTreeMap, time::Duration};
@@ -232,7 +232,7 @@ pub(crate) async fn run(
     };
     // A Kafka topic is read again from the same position, so the count starts over; what a
     // queue gave an earlier execution is gone from it, so its count carries on.
-    let mut matched = match source {
+    let matched = match source {
         Source::Topic { .. } => 0,
         _ => state.resume.received,
     };
@@ -242,65 +242,41 @@ pub(crate) async fn run(
         Err(e) => return broker_failure(broker, e).into(),
     };
     let root = root_scope(&input.params, &shared.stages());
-    let filter_reads = checks.filter.as_ref().map_or(Reads::ALL, Expr::reads);
-    let mut batch: Vec<Received> = Vec::with_capacity(BATCH);
-    let mut last: Option<Received> = None;
-    let mut first_error: Option<String> = None;
-    let mut errors = 0u64;
+    let mut tally = Tally {
+        matched,
+        ..Tally::default()
+    };
     let enough = |matched: u64| at_most.is_none() && matched >= count;
     let outcome = loop {
-        if enough(matched) {
+        if enough(tally.matched) {
             break StageOutcome::Succeeded;
         }
-        batch.clear();
         // What a RabbitMQ consumer hands out leaves the queue: take no more than still needed.
         let max = match (&source, at_most) {
             (Source::Topic { .. }, _) | (_, Some(_)) => BATCH,
-            _ => (count - matched).clamp(1, BATCH as u64) as usize,
+            _ => (count - tally.matched).clamp(1, BATCH as u64) as usize,
         };
         let got = tokio::select! {
-            r = consumer.next_batch(&mut batch, max) => r,
-            _ = tokio::time::sleep_until(deadline) => break timed_out(count, at_most, matched, consumer.read(), timeout_text, errors, &first_error),
+            r = consumer.next_batch_with(max, |m| {
+                tally.see(m, checks.filter.as_ref(), &root, |r| {
+                    shared.observer.received(&stage.name, connector, &target, &r.msg, &r.delivery);
+                });
+                !enough(tally.matched)
+            }) => r,
+            _ = tokio::time::sleep_until(deadline) => break timed_out(count, at_most, tally.matched, consumer.read(), timeout_text, tally.errors, &tally.first_error),
             _ = shared.stop.cancelled() => break StageOutcome::Stopped,
         };
         if let Err(e) = got {
             break broker_failure(broker, e);
         }
-        for r in batch.drain(..) {
-            let is_match = match &checks.filter {
-                None => true,
-                Some(f) => {
-                    let mut scope = root.new_inner_scope();
-                    add_message_reading(&mut scope, &r.msg, filter_reads);
-                    match f.eval_bool(&scope) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            errors += 1;
-                            first_error.get_or_insert(e);
-                            false
-                        }
-                    }
-                }
-            };
-            if !is_match {
-                continue;
-            }
-            matched += 1;
-            shared
-                .observer
-                .received(&stage.name, connector, &target, &r.msg, &r.delivery);
-            last = Some(r);
-            if enough(matched) {
-                break;
-            }
-        }
         if let Some(max) = at_most
-            && matched > max
+            && tally.matched > max
         {
             break failed(
                 EXPECTATION_NOT_MET,
                 format!(
-                    "{matched} messages matched, more than atMost {max} ({} messages read)",
+                    "{} messages matched, more than atMost {max} ({} messages read)",
+                    tally.matched,
                     consumer.read()
                 ),
             );
@@ -308,6 +284,7 @@ pub(crate) async fn run(
     };
     let read = consumer.read();
     consumer.close().await;
+    let (matched, last) = (tally.matched, tally.last);
     state.resume.received = matched;
     let mut outputs = BTreeMap::from([
         ("received".to_string(), matched.to_string()),
@@ -316,30 +293,69 @@ pub(crate) async fn run(
     if outcome != StageOutcome::Succeeded {
         return Attempt { outcome, outputs };
     }
-    if let Some(r) = &last {
-        let mut scope = root.new_inner_scope();
-        add_message_reading(&mut scope, &r.msg, Reads::ALL);
-        for (name, expr) in &checks.captures {
-            match expr.eval(&scope).and_then(|v| to_output(&v)) {
-                Ok(v) => {
-                    outputs.insert(name.clone(), v);
-                }
-                Err(e) => {
-                    return Attempt {
-                        outcome: failed(
-                            INVALID_EXPRESSION,
-                            format!(
-                                "expect.capture.{name}: {e} (on message {} of the stage)",
-                                r.msg.seq
-                            ),
-                        ),
-                        outputs,
-                    };
-                }
+    let Some(r) = &last else {
+        return Attempt { outcome, outputs };
+    };
+    let captured: Result<(), String> =
+        with_message(&root, &Incoming::of(&r.msg, &r.delivery), |scope| {
+            for (name, expr) in &checks.captures {
+                let v = expr.eval(scope).and_then(|v| to_output(&v)).map_err(|e| {
+                    format!(
+                        "expect.capture.{name}: {e} (on message {} of the stage)",
+                        r.msg.seq
+                    )
+                })?;
+                outputs.insert(name.clone(), v);
             }
+            Ok(())
+        });
+    let outcome = match captured {
+        Ok(()) => outcome,
+        Err(e) => failed(INVALID_EXPRESSION, e),
+    };
+    Attempt { outcome, outputs }
+}
+
+/// What the stage saw so far.
+#[derive(Default)]
+struct Tally {
+    matched: u64,
+    /// Messages on which `where` failed, and the first failure.
+    errors: u64,
+    first_error: Option<String>,
+    /// A match is copied here (the buffers are reused), reported, then swapped with `last`.
+    current: Received,
+    /// The last match, for the captures.
+    last: Option<Received>,
+}
+
+impl Tally {
+    /// Checks a message where the consumer holds it; a match is copied, counted and reported.
+    fn see(
+        &mut self,
+        m: &Incoming<'_>,
+        filter: Option<&Expr>,
+        root: &cel::Context<'_, '_>,
+        report: impl FnOnce(&Received),
+    ) {
+        let is_match = match filter {
+            None => true,
+            Some(f) => f.matches(root, m).unwrap_or_else(|e| {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+                false
+            }),
+        };
+        if is_match {
+            self.matched += 1;
+            m.copy_to(&mut self.current);
+            report(&self.current);
+            std::mem::swap(
+                &mut self.current,
+                self.last.get_or_insert_with(Received::default),
+            );
         }
     }
-    Attempt { outcome, outputs }
 }
 
 fn timed_out(

@@ -3,39 +3,34 @@
 //! and `where`/`capture` also the message: `key`, `headers` and `payload` (the parsed JSON when
 //! the payload is JSON, else its text).
 //!
-//! A root [`Scope`] holds what a whole stage shares (params, stages) and is built once; each
-//! message gets a cheap child scope on top of it.
+//! A root scope holds what a whole stage shares (params, stages) and is built once; each
+//! message gets a child scope on top of it whose variables are made when the expression first
+//! reads them ([`with_message`]). A simple `where` does not go through CEL at all: [`Expr::matches`]
+//! tries a native evaluation first (`fast`) and falls back to CEL when it is not sure.
+
+mod fast;
+mod payload;
 
 use super::outputs::Stages;
-use crate::message::Message;
-use cel::{Context, Program, Value};
-use std::collections::{BTreeMap, HashMap};
+use crate::brokers::Incoming;
+use cel::{
+    Context, Program, Value,
+    common::value::{CowVal, Val},
+    context::VariableResolver,
+    objects::{Key, Map},
+};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, OnceLock},
+};
 
 /// A compiled CEL expression and what it reads.
 pub struct Expr {
     program: Program,
-    /// The expression reads `payload`: parse it for every message.
+    /// The expression reads `payload`.
     reads_payload: bool,
-    /// Which of a message's variables the expression reads.
-    reads: Reads,
-}
-
-/// Which of a message's variables to put in its scope: what an expression does not read is not
-/// built (a headers map and a parsed payload per message are most of the cost of a `where`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Reads {
-    pub key: bool,
-    pub headers: bool,
-    pub payload: bool,
-}
-
-impl Reads {
-    /// Every variable of a message.
-    pub const ALL: Reads = Reads {
-        key: true,
-        headers: true,
-        payload: true,
-    };
+    /// The native form of a simple `where`.
+    fast: Option<fast::Fast>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -72,15 +67,11 @@ impl Expr {
             ));
         }
         let reads_payload = refs.has_variable("payload");
-        let reads = Reads {
-            key: refs.has_variable("key"),
-            headers: refs.has_variable("headers"),
-            payload: reads_payload,
-        };
+        let fast = fast::Fast::compile(program.expression());
         Ok(Expr {
             program,
             reads_payload,
-            reads,
+            fast,
         })
     }
 
@@ -119,9 +110,19 @@ impl Expr {
         self.reads_payload
     }
 
-    /// Which of a message's variables the expression reads.
-    pub fn reads(&self) -> Reads {
-        self.reads
+    /// Whether [`Expr::matches`] evaluates the expression natively (falling back to CEL only
+    /// where it is not sure).
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Whether `msg` matches (the expression must give a bool): natively when the expression
+    /// is simple enough, else with CEL in a child scope of `root` ([`with_message`]).
+    pub fn matches(&self, root: &Context<'_, '_>, msg: &Incoming<'_>) -> Result<bool, String> {
+        if let Some(b) = self.fast.as_ref().and_then(|f| f.eval(msg)) {
+            return Ok(b);
+        }
+        with_message(root, msg, |scope| self.eval_bool(scope))
     }
 
     /// Evaluates the expression in `scope`.
@@ -259,49 +260,74 @@ pub fn json_to_cel(v: &serde_json::Value) -> Value {
     }
 }
 
-/// Adds a message's `key`, `headers` and `payload` to `scope`. The payload is parsed as JSON
-/// only when `parse_payload` (else it is `null`); when it does not parse, `payload` is its text.
-pub fn add_message(scope: &mut Context, msg: &Message, parse_payload: bool) {
-    add_message_reading(
-        scope,
+/// Runs `f` in a child scope of `root` that has the message's `key`, `headers` and `payload`
+/// (the parsed JSON when the payload is JSON, else its text). Each is built when an expression
+/// first reads it, once per call.
+pub fn with_message<R>(
+    root: &Context<'_, '_>,
+    msg: &Incoming<'_>,
+    f: impl FnOnce(&Context<'_, '_>) -> R,
+) -> R {
+    let vars = MessageVars {
         msg,
-        Reads {
-            payload: parse_payload,
-            ..Reads::ALL
-        },
-    );
-    if !parse_payload {
-        scope.add_variable_from_value("payload", Value::Null);
+        key: OnceLock::new(),
+        headers: OnceLock::new(),
+        payload: OnceLock::new(),
+    };
+    let mut scope = root.new_inner_scope();
+    scope.set_variable_resolver(&vars);
+    f(&scope)
+}
+
+struct MessageVars<'m, 'a> {
+    msg: &'m Incoming<'a>,
+    key: OnceLock<Box<dyn Val>>,
+    headers: OnceLock<Box<dyn Val>>,
+    payload: OnceLock<Box<dyn Val>>,
+}
+
+impl VariableResolver for MessageVars<'_, '_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let (cell, build): (_, fn(&Incoming<'_>) -> Value) = match variable {
+            "key" => (&self.key, key_value),
+            "headers" => (&self.headers, headers_value),
+            "payload" => (&self.payload, payload_value),
+            _ => return None,
+        };
+        let v = cell.get_or_init(|| {
+            build(self.msg)
+                .try_into()
+                .expect("a CEL value converts to a Val")
+        });
+        Some(CowVal::Borrowed(v.as_ref()))
     }
 }
 
-/// Adds the message variables that `reads` names to `scope`; `payload` is parsed as JSON when
-/// it is read (its text when it does not parse).
-pub fn add_message_reading(scope: &mut Context, msg: &Message, reads: Reads) {
-    if reads.key {
-        scope.add_variable_from_value("key", msg.key.as_deref().map_or(Value::Null, Value::from));
-    }
-    if reads.headers {
-        let headers: HashMap<String, Value> = msg
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-            .collect();
-        scope.add_variable_from_value("headers", Value::from(headers));
-    }
-    if reads.payload {
-        let payload = match serde_json::from_str::<serde_json::Value>(&msg.payload) {
-            Ok(j) => json_to_cel(&j),
-            Err(_) => Value::from(msg.payload.as_str()),
-        };
-        scope.add_variable_from_value("payload", payload);
-    }
+fn key_value(msg: &Incoming<'_>) -> Value {
+    msg.key().map_or(Value::Null, |k| Value::from(k.as_ref()))
+}
+
+fn headers_value(msg: &Incoming<'_>) -> Value {
+    let mut map = HashMap::new();
+    msg.each_header(|k, v| {
+        let v = String::from_utf8_lossy(v).into_owned();
+        map.insert(
+            Key::String(Arc::new(k.to_owned())),
+            Value::String(Arc::new(v)),
+        );
+    });
+    Value::Map(Map { map: Arc::new(map) })
+}
+
+fn payload_value(msg: &Incoming<'_>) -> Value {
+    let text = msg.payload();
+    payload::to_cel(&text).unwrap_or_else(|| Value::from(text.as_ref()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::outputs::StageResult;
+    use crate::{brokers::Delivery, engine::outputs::StageResult, message::Message};
 
     fn stages() -> Stages {
         let mut s = Stages::new();
@@ -345,9 +371,14 @@ mod tests {
         );
     }
 
+    fn eval_on(e: &Expr, msg: &Message) -> Result<Value, String> {
+        let root = root_scope(&BTreeMap::new(), &Stages::new());
+        let d = Delivery::default();
+        with_message(&root, &Incoming::of(msg, &d), |scope| e.eval(scope))
+    }
+
     #[test]
     fn messages_json_and_text() {
-        let root = root_scope(&BTreeMap::new(), &Stages::new());
         let msg = Message {
             key: Some("k1".into()),
             headers: vec![("source".into(), "billing".into())],
@@ -360,26 +391,164 @@ mod tests {
         )
         .unwrap();
         assert!(e.reads_payload());
-        let mut scope = root.new_inner_scope();
-        add_message(&mut scope, &msg, true);
-        assert!(e.eval_bool(&scope).unwrap());
+        assert_eq!(eval_on(&e, &msg), Ok(Value::Bool(true)));
         let c = Expr::compile("payload.order.id", MESSAGE_VARIABLES).unwrap();
-        assert_eq!(to_output(&c.eval(&scope).unwrap()).unwrap(), "o-1");
+        assert_eq!(to_output(&eval_on(&c, &msg).unwrap()).unwrap(), "o-1");
         let c = Expr::compile("payload.amount", MESSAGE_VARIABLES).unwrap();
-        assert_eq!(to_output(&c.eval(&scope).unwrap()).unwrap(), "10");
+        assert_eq!(to_output(&eval_on(&c, &msg).unwrap()).unwrap(), "10");
         let missing = Expr::compile("payload.nope", MESSAGE_VARIABLES).unwrap();
-        assert!(missing.eval(&scope).is_err());
+        assert!(eval_on(&missing, &msg).is_err());
 
         // A payload that is not JSON is its text; reading a field of it is an error.
         let text = Message {
             payload: "hello".into(),
             ..Default::default()
         };
-        let mut scope = root.new_inner_scope();
-        add_message(&mut scope, &text, true);
         let e = Expr::compile("payload == 'hello' && key == null", MESSAGE_VARIABLES).unwrap();
-        assert!(e.eval_bool(&scope).unwrap());
+        assert_eq!(eval_on(&e, &text), Ok(Value::Bool(true)));
         let e = Expr::compile("payload.status == 'paid'", MESSAGE_VARIABLES).unwrap();
-        assert!(e.eval_bool(&scope).is_err());
+        assert!(eval_on(&e, &text).is_err());
+    }
+
+    /// Messages that a simple `where` may meet: keys missing or not, headers repeated, payloads
+    /// of every JSON type at the fields compared, nested, repeated, not JSON, not UTF-8.
+    fn sample_messages() -> Vec<Message> {
+        let keys = [
+            None,
+            Some(""),
+            Some("order-1"),
+            Some("order-12"),
+            Some("x-order-"),
+            Some("Order-1"),
+        ];
+        let headers: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("content-type", "text"), ("source", "x")],
+            &[("source", "devset")],
+            &[("source", "other"), ("content-type", "json")],
+            &[("source", "devset"), ("source", "billing")],
+        ];
+        let payloads = [
+            r#"{"seq":1,"status":"paid","pad":"xx"}"#,
+            r#"{"seq":0,"status":"open","amount":3.25}"#,
+            r#"{"seq":-5,"status":"PAID","amount":10.5}"#,
+            r#"{"seq":18446744073709551615,"status":null}"#,
+            r#"{"seq":2.0,"status":1,"ok":true}"#,
+            r#"{"seq":"7","status":["paid"],"ok":false}"#,
+            r#"{"order":{"id":"o-1","total":3},"seq":3}"#,
+            r#"{"order":{"id":"o-2","total":9},"order":{"id":"o-3","total":1},"seq":1,"seq":9}"#,
+            r#"{"order":"flat","seq":4,"status":"paid"}"#,
+            r#"{"order":{"id":"o-4","total":2},"seq":2}"#,
+            r#"{"status":"pa\u0069d","seq":1e2}"#,
+            r#"[{"seq":1}]"#,
+            r#""paid""#,
+            "42",
+            "paid",
+            r#"{"seq":1,"status":"paid"} trailing"#,
+            "",
+        ];
+        let mut out = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            for (j, h) in headers.iter().enumerate() {
+                for (l, p) in payloads.iter().enumerate() {
+                    if (i + j + l) % 2 == 0 || i == 2 {
+                        out.push(Message {
+                            seq: out.len() as u64 + 1,
+                            key: k.map(String::from),
+                            headers: h
+                                .iter()
+                                .map(|(a, b)| (a.to_string(), b.to_string()))
+                                .collect(),
+                            payload: p.to_string(),
+                            routing_key: None,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_fast_path_gives_what_cel_gives() {
+        let wheres = [
+            "key == 'order-1'",
+            "key != 'order-1'",
+            "'order-1' == key",
+            "key.startsWith('order-')",
+            "key.endsWith('-1')",
+            "key.contains('der')",
+            "key < 'order-12'",
+            "key >= 'order-1'",
+            "headers.source == 'devset'",
+            "headers['content-type'] == 'json'",
+            "headers.source.startsWith('dev')",
+            "payload.seq > 0",
+            "payload.seq >= 1",
+            "payload.seq == 1",
+            "payload.seq != 1",
+            "0 < payload.seq",
+            "payload.seq < 2.5",
+            "payload.amount > 10.0",
+            "payload.status == 'paid'",
+            "payload['status'] == 'paid'",
+            "payload.status.startsWith('pa')",
+            "payload.ok == true",
+            "payload.ok != false",
+            "payload.order.id == 'o-3'",
+            "payload.order.total > 2",
+            "payload.order.id.endsWith('1') || payload.seq == 9",
+            "key.startsWith('order-') && payload.seq > 0",
+            "key.startsWith('order-') && headers.source == 'devset' && payload.status == 'paid'",
+            "!(payload.status == 'paid')",
+            "!key.startsWith('order-') || payload.seq >= 3",
+        ];
+        let root = root_scope(&BTreeMap::new(), &Stages::new());
+        let d = Delivery::default();
+        let msgs = sample_messages();
+        let mut native = 0;
+        for w in wheres {
+            let e = Expr::compile(w, MESSAGE_VARIABLES).unwrap();
+            assert!(e.has_fast_path(), "{w} has no fast path");
+            let fast = e.fast.as_ref().unwrap();
+            let mut answers = [0; 2];
+            for m in &msgs {
+                let m = Incoming::of(m, &d);
+                let cel = with_message(&root, &m, |scope| e.eval_bool(scope));
+                if let Some(b) = fast.eval(&m) {
+                    answers[b as usize] += 1;
+                    assert_eq!(Ok(b), cel, "{w} on {m:?}: {:?}", msgs[m.seq() as usize - 1]);
+                }
+                assert_eq!(e.matches(&root, &m), cel, "{w}");
+            }
+            // Each where was answered natively both ways on these messages.
+            assert!(answers[0] > 0 && answers[1] > 0, "{w}: {answers:?}");
+            native += answers[0] + answers[1];
+        }
+        // Most answers are native (the rest are CEL's errors and cross-type comparisons).
+        assert!(
+            native > wheres.len() * msgs.len() / 3,
+            "{native} of {}",
+            wheres.len() * msgs.len()
+        );
+    }
+
+    #[test]
+    fn expressions_beyond_the_fast_path_go_to_cel() {
+        for w in [
+            "key == null",
+            "key.matches('^o')",
+            "size(payload) > 0",
+            "payload.seq > params.min",
+            "has(payload.seq)",
+            "payload.seq + 1 > 1",
+            "payload == 'paid'",
+            "headers.size() > 0",
+            "key in ['a']",
+            "payload.seq > 1u",
+        ] {
+            let e = Expr::compile(w, MESSAGE_VARIABLES).unwrap();
+            assert!(!e.has_fast_path(), "{w}");
+        }
     }
 }
