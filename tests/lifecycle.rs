@@ -284,6 +284,49 @@ async fn retry_and_rerun_inherit_what_they_should_and_leave_the_source_alone() {
         "{body}"
     );
 
+    // The CLI: one line naming the new run, or the refusal with exit 2.
+    let devset = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_devset"))
+            .env_remove("DEVSET_API_SERVER")
+            .env_remove("DEVSET_TOKEN")
+            .args(args)
+            .args(["-n", n, "--server", &api.url(""), "--token", &maker])
+            .output()
+            .unwrap()
+    };
+    let out = devset(&["rerun", "src", "--from", "second", "-p", "orders=2"]);
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = line
+        .strip_prefix("workflowrun/")
+        .and_then(|l| l.split_once(' '))
+        .map(|(name, rest)| {
+            assert_eq!(
+                rest.trim(),
+                "created: a re-run of \"src\" from stage \"second\""
+            );
+            name.to_owned()
+        })
+        .unwrap_or_else(|| panic!("{line}"));
+    wait_phase(n, &created, "Completed");
+    assert_eq!(status(n, &created, "{.status.params.orders}"), "2");
+    assert_eq!(
+        env().count("kafka-count", &a),
+        4,
+        "the inherited stage published"
+    );
+    let out = devset(&["rerun", "src", "--from", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: devset api answered 400 Bad Request: fromStage:"),
+        "{err}"
+    );
+
     // kubectl users write spec.rerunOf themselves: an unknown stage can never work.
     env().apply(
         n,
