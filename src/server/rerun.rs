@@ -37,10 +37,17 @@ pub(super) fn router() -> Router<Arc<AppState>> {
         .route(&format!("{run}/rerun"), post(rerun))
 }
 
-#[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/workflowruns/{name}/retry",
-    tag = "runs", params(super::runs::RunPath),
-    request_body(description = "{\"params\", \"connector\"} (optional)", content_type = "application/json"),
-    responses(super::openapi::RepeatAnswers))]
+#[utoipa::path(
+    post,
+    path = "/api/v1/namespaces/{namespace}/workflowruns/{name}/retry",
+    tag = "runs",
+    params(super::runs::RunPath),
+    request_body(
+        description = "{\"params\", \"connector\"} (optional)",
+        content_type = "application/json"
+    ),
+    responses(super::openapi::RepeatAnswers)
+)]
 async fn retry(
     State(state): S,
     Path((ns, name)): Path<(String, String)>,
@@ -50,10 +57,17 @@ async fn retry(
     repeat(&state, &headers, &ns, &name, body, false).await
 }
 
-#[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/workflowruns/{name}/rerun",
-    tag = "runs", params(super::runs::RunPath),
-    request_body(description = "{\"fromStage\", \"params\", \"connector\"}", content_type = "application/json"),
-    responses(super::openapi::RepeatAnswers))]
+#[utoipa::path(
+    post,
+    path = "/api/v1/namespaces/{namespace}/workflowruns/{name}/rerun",
+    tag = "runs",
+    params(super::runs::RunPath),
+    request_body(
+        description = "{\"fromStage\", \"params\", \"connector\"}",
+        content_type = "application/json"
+    ),
+    responses(super::openapi::RepeatAnswers)
+)]
 async fn rerun(
     State(state): S,
     Path((ns, name)): Path<(String, String)>,
