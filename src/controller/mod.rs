@@ -3,8 +3,8 @@
 mod approvals;
 pub mod conditions;
 mod connector;
-mod lifecycle;
 pub mod leader;
+mod lifecycle;
 pub mod metrics;
 mod run;
 mod schedule;
