@@ -209,7 +209,8 @@ start_apiserver() { # PORT ETCD_PORT
   # ServiceAccount plugin is on and the kubernetes service points at the node's bridge address,
   # where a relay forwards to the loopback port.
   if [ -n "${DEVSET_NODE_IP:-}" ]; then
-    node=(--advertise-address="$DEVSET_NODE_IP" --endpoint-reconciler-type=lease)
+    node=(--advertise-address="$DEVSET_NODE_IP" --endpoint-reconciler-type=lease
+      --kubelet-preferred-address-types=InternalIP)
   else
     node=(--advertise-address=127.0.0.1 --disable-admission-plugins=ServiceAccount --endpoint-reconciler-type=none)
   fi

@@ -139,18 +139,18 @@ prepare() {
 pause_image() {
   local ver dir tmp
   ver=$(dpkg-query -W -f='${Version}' catatonit | tr '+~:' '---')
-  dir="$DEVSET_CACHE/pause-catatonit-$ver"
+  dir="$DEVSET_CACHE/pause-catatonit-$ver-2"
   if [ ! -f "$dir/pause.tar" ]; then
     tmp=$(mktemp -d "$DEVSET_CACHE/.pause.XXXXXX")
     (
       set -e
       cd "$tmp"
       umoci init --layout oci
-      umoci new --image oci:pause
-      umoci unpack --image oci:pause bundle
+      umoci new --image oci:catatonit
+      umoci unpack --image oci:catatonit bundle
       install -m 755 /usr/bin/catatonit bundle/rootfs/catatonit
-      umoci repack --image oci:pause bundle
-      umoci config --image oci:pause --config.user 65535:65535 \
+      umoci repack --image oci:catatonit bundle
+      umoci config --image oci:catatonit --config.user 65535:65535 \
         --config.entrypoint /catatonit --config.entrypoint -P --clear=config.cmd
       umoci gc --layout oci
       tar -C oci -cf pause.tar .
@@ -159,7 +159,8 @@ pause_image() {
     mv "$tmp/pause.tar" "$dir/pause.tar"
     rm -rf "$tmp"
   fi
-  ctr -a "$SOCK" -n k8s.io images import --index-name "$PAUSE_IMAGE" "$dir/pause.tar" \
+  # The layout's tag (catatonit) becomes the image's tag under --base-name.
+  ctr -a "$SOCK" -n k8s.io images import --base-name "${PAUSE_IMAGE%:*}" "$dir/pause.tar" \
     >"$N/pause-import.log" 2>&1 || fail pause-import "ctr images import of the pause image failed"
 }
 
