@@ -455,3 +455,62 @@ fn deleting_the_operator_pod_mid_run_resumes_the_run_in_the_new_pod() {
     );
     helm_ok(&["uninstall", &release, "-n", &ns.name, "--wait"]);
 }
+
+#[test]
+#[ignore = "needs the test environment with a node: tests/env/up k8s kafka rabbitmq postgres node, then tests/env/image; or tests/run"]
+fn two_replicas_on_postgres_hand_the_lease_over_in_a_rolling_upgrade_mid_run() {
+    let _one = one_release();
+    require_node_image();
+    install_crds();
+    let ns = restricted_namespace("node-ha");
+    let release = unique("dso");
+    let lease = format!("{release}-devset-operator");
+    let topic = unique("orders");
+    connectors_for_pods(&ns.name, &topic, 1500, 100);
+    postgres_secret(&ns.name);
+    let values = [
+        "--set",
+        "replicas=2",
+        "--set",
+        "store.type=postgres",
+        "--set",
+        "store.postgres.secretRef.name=pg",
+    ];
+    install(&release, &ns.name, &values);
+    wait_ready(&ns.name, &release, 2);
+    let before = wait_until(MINUTE, "a leader", || {
+        let h = env().jsonpath(&ns.name, "lease", &lease, "{.spec.holderIdentity}");
+        (!h.is_empty()).then_some(h)
+    });
+    start_run(&ns.name, "orders-1");
+    wait_until(MINUTE, "the run to publish some messages", || {
+        (env().count("kafka-count", &topic) >= 200).then_some(())
+    });
+    // A rolling upgrade (a new pod template): every old pod goes, the leader among them.
+    let mut args = vec![
+        "upgrade",
+        &release,
+        CHART,
+        "-n",
+        &ns.name,
+        "--reuse-values",
+        "--set",
+        "podAnnotations.rev=second",
+    ];
+    args.extend(values);
+    helm_ok(&args);
+    wait_phase(&ns.name, "orders-1", "Completed", 4 * MINUTE);
+    let after = env().jsonpath(&ns.name, "lease", &lease, "{.spec.holderIdentity}");
+    assert!(
+        !after.is_empty() && after != before,
+        "the Lease moved to a new pod: {before} -> {after}"
+    );
+    let sent = env().count("kafka-count", &topic);
+    eprintln!(
+        "rolling upgrade mid-run: {sent} messages for 1500 wanted ({} duplicates)",
+        sent - 1500
+    );
+    assert!(sent >= 1500, "every message sent at least once: {sent}");
+    assert!(sent < 3000, "the stage did not run twice: {sent}");
+    helm_ok(&["uninstall", &release, "-n", &ns.name, "--wait"]);
+}

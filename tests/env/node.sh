@@ -463,7 +463,7 @@ drop_chains() {
       grep -vE '^-A (KUBE-|'"$GUARD_CHAIN"')' | while read -r rule; do
       # shellcheck disable=SC2086
       eval "iptables -w -t $t -D ${rule#-A }" 2>/dev/null || true
-    done
+    done || true # grep finds nothing: nothing to delete
     for chain in $(iptables-save -t "$t" 2>/dev/null | sed -n "s/^:\(KUBE-[^ ]*\|$GUARD_CHAIN\) .*/\1/p"); do
       iptables -w -t "$t" -F "$chain" 2>/dev/null || true
     done
