@@ -514,3 +514,60 @@ fn two_replicas_on_postgres_hand_the_lease_over_in_a_rolling_upgrade_mid_run() {
     assert!(sent < 3000, "the stage did not run twice: {sent}");
     helm_ok(&["uninstall", &release, "-n", &ns.name, "--wait"]);
 }
+
+/// A kustomize overlay of `config/default`: the node's image, and only `devset-system` watched
+/// (the other tests' runs in the same API server are not its business).
+fn default_overlay(dir: &std::path::Path) {
+    // kustomize takes relative paths only: the overlay is in target/.
+    let base = "../../config/default";
+    let env_patch = |container: &str| {
+        format!(
+            "- op: add\n  path: /spec/template/spec/containers/{container}/env/-\n  \
+             value: {{name: DEVSET_NAMESPACE, value: devset-system}}\n"
+        )
+    };
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {base}\n\
+             images:\n- {{name: devset/devset-operator, newTag: {IMAGE_TAG}}}\n\
+             patches:\n- path: watch.yaml\n  target: {{kind: Deployment}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("watch.yaml"),
+        format!("{}{}", env_patch("0"), env_patch("1")),
+    )
+    .unwrap();
+}
+
+#[test]
+#[ignore = "needs the test environment with a node: tests/env/up k8s kafka rabbitmq postgres node, then tests/env/image; or tests/run"]
+fn kubectl_apply_k_config_default_gives_the_same_running_operator() {
+    let _one = one_release();
+    require_node_image();
+    let dir = tempfile::tempdir_in(repo().join("target")).unwrap();
+    default_overlay(dir.path());
+    let overlay = dir.path().to_str().unwrap();
+    env().kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-k", overlay]);
+    let ns = "devset-system";
+    let topic = unique("orders");
+    wait_until(3 * MINUTE, "the operator's containers to be Ready", || {
+        let out = env().kubectl_ok(&[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={range .items[*]}{range .status.containerStatuses[*]}{.ready} {end}{end}",
+        ]);
+        (out.trim() == "true true").then_some(())
+    });
+    connectors_for_pods(ns, &topic, 100, 200);
+    start_run(ns, "orders-k");
+    wait_phase(ns, "orders-k", "Completed", 3 * MINUTE);
+    assert_eq!(env().count("kafka-count", &topic), 100);
+    env().kubectl_ok(&["delete", "run", "orders-k", "-n", ns]);
+    env().kubectl_ok(&["delete", "deployment", "--all", "-n", ns, "--wait=true"]);
+}
