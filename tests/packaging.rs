@@ -159,7 +159,25 @@ fn helm_lint_passes_and_the_chart_renders_with_defaults_and_every_option() {
         binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"],
         serde_yaml::from_str::<Value>("[a, b]").unwrap()
     );
-    let off = render(&["--set", "approvalPolicy.enabled=false"]);
+    let policies = |docs: &[Value]| -> Vec<String> {
+        docs.iter()
+            .filter(|d| kind(d) == "ValidatingAdmissionPolicy")
+            .map(|d| {
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let no_decisions = render(&["--set", "approvalPolicy.enabled=false"]);
+    assert_eq!(policies(&no_decisions), ["devset-operator-triggered-by"]);
+    let off = render(&[
+        "--set",
+        "approvalPolicy.enabled=false",
+        "--set",
+        "triggeredByPolicy.enabled=false",
+    ]);
     assert!(
         !off.iter()
             .any(|d| kind(d).starts_with("ValidatingAdmissionPolicy"))
@@ -794,8 +812,8 @@ fn helm_install_its_rbac_runs_a_workflow_and_nothing_more_then_uninstall() {
             "list Secrets (it reads them one by one)",
         ),
         (
-            vec!["delete", "run", "orders-1", "-n", &work.name],
-            "delete a run",
+            vec!["delete", "workflow", "orders", "-n", &work.name],
+            "delete a workflow (it deletes runs only: TTL and schedule history)",
         ),
         (
             vec!["get", "runs", "-n", &other.name],
