@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod consume;
+
 pub const NEEDS_ENV: &str =
     "needs the test environment: tests/env/up, or run everything with tests/run";
 
