@@ -500,7 +500,14 @@ fn two_replicas_on_postgres_hand_the_lease_over_in_a_rolling_upgrade_mid_run() {
     args.extend(values);
     helm_ok(&args);
     wait_phase(&ns.name, "orders-1", "Completed", 4 * MINUTE);
-    let after = env().jsonpath(&ns.name, "lease", &lease, "{.spec.holderIdentity}");
+    // The run may finish before the rollout has replaced the old leader: wait (bounded) for the
+    // Lease to be taken by a new pod.
+    let deadline = std::time::Instant::now() + 3 * MINUTE;
+    let mut after = env().jsonpath(&ns.name, "lease", &lease, "{.spec.holderIdentity}");
+    while (after.is_empty() || after == before) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        after = env().jsonpath(&ns.name, "lease", &lease, "{.spec.holderIdentity}");
+    }
     assert!(
         !after.is_empty() && after != before,
         "the Lease moved to a new pod: {before} -> {after}"
