@@ -46,6 +46,39 @@ fn helm_ok(args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// What a failure on the node needs to be understood: the node's conditions and taints, the
+/// free space where its containerd and kubelet keep their state, and the kubelet's last
+/// eviction or image-GC lines.
+fn node_diagnostics() -> String {
+    let nodes = env()
+        .kubectl(&[
+            "get",
+            "nodes",
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name}: {range .status.conditions[*]}{.type}={.status} {end}taints={.spec.taints}{"\n"}{end}"#,
+        ])
+        .stdout;
+    let dir = std::env::var("DEVSET_ENV_DIR").unwrap_or_else(|_| "/".into());
+    let df = Command::new("df")
+        .args(["-h", &dir])
+        .output()
+        .map(|o| text(&o.stdout));
+    let kubelet_log = std::path::Path::new(&dir).join("node/kubelet.log");
+    let evictions: Vec<String> = std::fs::read_to_string(&kubelet_log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("eviction") || l.contains("image_gc") || l.contains("DiskPressure"))
+        .map(str::to_owned)
+        .collect();
+    format!(
+        "\nnodes: {}\ndf: {}\nkubelet ({}), last eviction/image-GC lines:\n{}",
+        text(&nodes),
+        df.unwrap_or_default(),
+        kubelet_log.display(),
+        evictions[evictions.len().saturating_sub(10)..].join("\n")
+    )
+}
+
 /// Panics unless the environment has a node and the image was imported into it.
 fn require_node_image() {
     let sock = env().var("CONTAINERD_ADDRESS");
@@ -56,8 +89,9 @@ fn require_node_image() {
     let want = format!("docker.io/{IMAGE_REPO}:{IMAGE_TAG}");
     assert!(
         text(&out.stdout).lines().any(|l| l == want),
-        "{want} is not on the node: run tests/env/image (tests/run does) — {}",
-        text(&out.stderr)
+        "{want} is not on the node: run tests/env/image (tests/run does) — {}{}",
+        text(&out.stderr),
+        node_diagnostics()
     );
 }
 
@@ -347,15 +381,26 @@ fn the_node_refuses_an_image_pull_from_a_public_registry_locally() {
         "--image-pull-policy=Always",
         "--restart=Never",
     ]);
-    let message = wait_until(MINUTE, "the pull to fail", || {
-        let m = env().jsonpath(
+    let mut message = String::new();
+    let failed = wait_until_or(MINUTE, || {
+        message = env().jsonpath(
             &ns.name,
             "pod",
             "pull",
             "{.status.containerStatuses[0].state.waiting.message}",
         );
-        (!m.is_empty()).then_some(m)
+        !message.is_empty()
     });
+    assert!(
+        failed,
+        "the pull did not fail within a minute: {}{}",
+        text(
+            &env()
+                .kubectl(&["describe", "pod", "pull", "-n", &ns.name])
+                .stdout
+        ),
+        node_diagnostics()
+    );
     // The guard rejects the first packet (the resolver's) on this machine.
     assert!(
         message.contains("operation not permitted") || message.contains("connection refused"),

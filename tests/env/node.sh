@@ -274,7 +274,10 @@ clusterDomain: cluster.local
 podCIDR: $POD_CIDR
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+# No disk-pressure eviction (as kind does: "0%" turns a threshold off). The test machine's disk is
+# shared and can run low; under DiskPressure the kubelet deletes every image no pod uses (the
+# devset image imported before the tests) and taints the node, so nothing would schedule.
+evictionHard: {memory.available: 100Mi, nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%", imagefs.inodesFree: "0%"}
 registerNode: true
 serializeImagePulls: false
 EOF
