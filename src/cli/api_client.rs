@@ -11,6 +11,7 @@ use kube::{
     Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
 };
+use std::process::ExitCode;
 
 /// Where `devset api` is and who calls it.
 #[derive(Clone, Debug, clap::Args)]
@@ -113,6 +114,29 @@ pub async fn connect(args: &ApiArgs) -> Result<(Client, String), String> {
         .unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config).map_err(|e| format!("client: {e}"))?;
     Ok((client, ns))
+}
+
+/// Runs one CLI action against devset api on a runtime of its own: prints the line it gives
+/// (when not empty) and exits 0, or prints `error: …` and exits with the action's code
+/// (2 for usage and connection problems, 1 for the API's refusals, as each action decides).
+pub fn run_action(
+    action: impl std::future::Future<Output = Result<String, (u8, String)>>,
+) -> ExitCode {
+    let done = tokio::runtime::Runtime::new()
+        .map_err(|e| (1, format!("cannot start the async runtime: {e}")))
+        .and_then(|rt| rt.block_on(action));
+    match done {
+        Ok(line) => {
+            if !line.is_empty() {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err((code, e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(code)
+        }
+    }
 }
 
 /// `s` as one segment of a URL path.

@@ -31,23 +31,7 @@ pub struct ApproveArgs {
 
 /// Runs `devset approve` (`decision` Approved) or `devset reject` (Rejected).
 pub fn decide(args: &ApproveArgs, decision: Decision) -> ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args, decision)) {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err((code, e)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(code)
-        }
-    }
+    api_client::run_action(run(args, decision))
 }
 
 /// The line printed on success.

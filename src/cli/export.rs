@@ -41,16 +41,7 @@ pub enum Format {
 
 /// Runs `devset export`.
 pub fn export(args: &ExportArgs) -> ExitCode {
-    let done = tokio::runtime::Runtime::new()
-        .map_err(|e| (1, format!("cannot start the async runtime: {e}")))
-        .and_then(|rt| rt.block_on(run(args)));
-    done.map_or_else(
-        |(code, e)| {
-            eprintln!("error: {e}");
-            ExitCode::from(code)
-        },
-        |()| ExitCode::SUCCESS,
-    )
+    api_client::run_action(async { run(args).await.map(|()| String::new()) })
 }
 
 /// The request body: each run with its namespace (`default_ns` unless it names one).

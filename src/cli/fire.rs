@@ -22,23 +22,7 @@ pub struct FireArgs {
 
 /// Runs `devset fire`.
 pub fn fire(args: &FireArgs) -> ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err((code, e)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(code)
-        }
-    }
+    api_client::run_action(run(args))
 }
 
 /// The path of a schedule's fire action.

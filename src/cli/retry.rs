@@ -47,23 +47,7 @@ fn name_value(s: &str) -> Result<(String, String), String> {
 
 /// Runs `devset retry` (`from` is `None`) or `devset rerun`.
 pub fn repeat(args: &RetryArgs, from: Option<&str>) -> ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(send(args, from)) {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err((code, e)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(code)
-        }
-    }
+    api_client::run_action(send(args, from))
 }
 
 /// The request body.
