@@ -235,8 +235,8 @@ function Timeline({ run, now, onRerun, busy }: { run: RunSummary; now: number; o
               {s.reason && <span><strong>{s.reason}</strong></span>}
               {s.message && <span>{s.message}</span>}
               {!!s.attempts && s.attempts > 1 && <span>{s.attempts} attempts</span>}
-              {s.published !== undefined && <span>{s.published} published</span>}
-              {s.received !== undefined && <span>{s.received} received</span>}
+              {s.published !== undefined && !s.outputs?.published && <span>{s.published} published</span>}
+              {s.received !== undefined && !s.outputs?.received && <span>{s.received} received</span>}
               {s.approval && (
                 <span class="approved">
                   {s.approval.decision} by {s.approval.user}

@@ -276,16 +276,23 @@ export function EventLog({ ns, name, lastSeq, finished, onActivity }: LogProps) 
               const e = cache.rows.get(seq);
               return (
                 <div role="listitem" key={seq} class="log-row" style={{ transform: `translateY(${it.start}px)` }}>
-                  <button
-                    type="button"
-                    data-seq={seq}
-                    class={`ev ${selected === seq ? 'on' : ''}`}
-                    aria-pressed={selected === seq}
-                    onClick={() => setSelected(seq)}
-                  >
-                    <span class="seq">{seq}</span>
-                    {e ? <Row e={e} /> : <span class="muted">loading…</span>}
-                  </button>
+                  {e ? (
+                    <button
+                      type="button"
+                      data-seq={seq}
+                      class={`ev ${selected === seq ? 'on' : ''}`}
+                      aria-pressed={selected === seq}
+                      onClick={() => setSelected(seq)}
+                    >
+                      <span class="seq">{seq}</span>
+                      <Row e={e} />
+                    </button>
+                  ) : (
+                    <div class="ev pending" aria-busy="true">
+                      <span class="seq">{seq}</span>
+                      <span class="muted">loading…</span>
+                    </div>
+                  )}
                 </div>
               );
             })}
@@ -305,7 +312,7 @@ const clock = (t: string) => {
 function Row({ e }: { e: RunEvent }) {
   const kind = e.type.split('.')[0];
   let text = '';
-  if (e.type === 'run.phase') text = [e.phase, e.reason, e.message].filter(Boolean).join(' · ');
+  if (e.type === 'run.phase') text = [e.phase, e.reason !== e.phase && e.reason, e.message].filter(Boolean).join(' · ');
   else if (kind === 'message') text = [target(e), e.key && `key ${e.key}`, e.payload].filter(Boolean).join(' · ');
   else text = [e.attempt && e.attempt > 1 && `attempt ${e.attempt}`, e.reason, e.user, e.message].filter(Boolean).join(' · ');
   return (

@@ -50,7 +50,12 @@ function App() {
     );
   }, [session]);
 
-  const ns = query.get('namespace') || (namespaces && namespaces[0]) || (namespaces ? 'default' : '');
+  const detail = /^\/runs\/([^/]+)\/([^/]+)\/?$/.exec(path);
+  const ns =
+    query.get('namespace') ||
+    (detail && decodeURIComponent(detail[1])) ||
+    (namespaces && namespaces[0]) ||
+    (namespaces ? 'default' : '');
 
   useEffect(() => {
     if (!session || !ns || ns === ALL) return setPerms({});
@@ -81,8 +86,8 @@ function App() {
   const choices = namespaces.includes(ns) || ns === ALL ? namespaces : [ns, ...namespaces];
 
   let page;
-  const m = /^\/runs\/([^/]+)\/([^/]+)\/?$/.exec(path);
-  if (m) page = <RunDetail key={path} ns={decodeURIComponent(m[1])} name={decodeURIComponent(m[2])} />;
+  if (detail)
+    page = <RunDetail key={path} ns={decodeURIComponent(detail[1])} name={decodeURIComponent(detail[2])} />;
   else if (path.startsWith('/schedules')) page = <SchedulesPage key={ns} />;
   else page = <RunsPage key={ns} />;
 

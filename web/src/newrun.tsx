@@ -49,6 +49,7 @@ export function NewRunDialog({ onClose, onStarted }: { onClose: () => void; onSt
   useEffect(() => {
     const back = document.activeElement as HTMLElement | null;
     ref.current?.showModal();
+    ref.current?.querySelector<HTMLElement>('#nr-workflow')?.focus();
     return () => back?.focus?.();
   }, []);
 
@@ -136,30 +137,32 @@ export function NewRunDialog({ onClose, onStarted }: { onClose: () => void; onSt
         )}
         <div class="field">
           <label for="nr-workflow">Workflow</label>
-          {workflows && workflows.length > 0 ? (
+          {workflows === null || workflows.length > 0 ? (
             <select id="nr-workflow" data-field="Workflow" value={workflow} onChange={(e) => setWorkflow(e.currentTarget.value)} {...invalid('Workflow')}>
-              {workflows.map((w) => (
+              {workflows === null && <option value="">Loading…</option>}
+              {(workflows ?? []).map((w) => (
                 <option value={w.name}>{w.name}</option>
               ))}
             </select>
           ) : (
-            <input id="nr-workflow" data-field="Workflow" value={workflow} placeholder={workflows ? 'workflow name' : 'Loading…'} onInput={(e) => setWorkflow(e.currentTarget.value)} {...invalid('Workflow')} />
+            <input id="nr-workflow" data-field="Workflow" value={workflow} placeholder="workflow name" onInput={(e) => setWorkflow(e.currentTarget.value)} {...invalid('Workflow')} />
           )}
           {wf?.description && <span class="hint">{wf.description}</span>}
           {fieldError('Workflow')}
         </div>
         <div class="field">
           <label for="nr-connector">Connector</label>
-          {connectors && connectors.length > 0 ? (
+          {connectors === null || connectors.length > 0 ? (
             <select id="nr-connector" data-field="Connector" value={connector} onChange={(e) => setConnector(e.currentTarget.value)} {...invalid('Connector')}>
-              {connectors.map((c) => (
+              {connectors === null && <option value="">Loading…</option>}
+              {(connectors ?? []).map((c) => (
                 <option value={c.name}>
                   {c.name} ({c.type})
                 </option>
               ))}
             </select>
           ) : (
-            <input id="nr-connector" data-field="Connector" value={connector} placeholder={connectors ? 'connector name' : 'Loading…'} onInput={(e) => setConnector(e.currentTarget.value)} {...invalid('Connector')} />
+            <input id="nr-connector" data-field="Connector" value={connector} placeholder="connector name" onInput={(e) => setConnector(e.currentTarget.value)} {...invalid('Connector')} />
           )}
           {fieldError('Connector')}
         </div>

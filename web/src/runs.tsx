@@ -337,9 +337,10 @@ function Grid(props: {
   const allOn = keys.length > 0 && keys.every((k) => selected.has(k));
   return (
     <section class="grid" aria-labelledby={`h-${props.id}`}>
-      <h2 id={`h-${props.id}`}>
-        {props.title} <span class="count">{runs.length}</span>
-      </h2>
+      <div class="gridhead">
+        <h2 id={`h-${props.id}`}>{props.title}</h2>
+        <span class="count">{runs.length}</span>
+      </div>
       {runs.length === 0 ? (
         <p class="empty">No runs.</p>
       ) : (
