@@ -214,7 +214,10 @@ function Timeline({ run, now, onRerun, busy }: { run: RunSummary; now: number; o
   const span = Math.max(1, now - t0);
   const notDone = isActive(run.phase) ? 'the run has not finished' : null;
   if (!run.stages.length) return <p class="muted">No stage has started yet.</p>;
+  const denied = perms.create && !perms.create.allowed;
   return (
+    <>
+    {denied && <p class="denied-note">Re-run from here: {perms.create!.reason}</p>}
     <ol class="timeline">
       {run.stages.map((s) => {
         const a = s.startedAt ? Date.parse(s.startedAt) : NaN;
@@ -244,7 +247,7 @@ function Timeline({ run, now, onRerun, busy }: { run: RunSummary; now: number; o
                   {s.approval.time && <> · {fmtTime(s.approval.time)}</>}
                 </span>
               )}
-              <ActionButton label="Re-run from here" perm={perms.create} busy={busy} why={notDone} onClick={() => onRerun(s.name)} />
+              <ActionButton label="Re-run from here" perm={perms.create} quiet busy={busy} why={notDone} onClick={() => onRerun(s.name)} />
             </div>
             {s.outputs && Object.keys(s.outputs).length > 0 && (
               <dl class="outputs" aria-label={`Outputs of ${s.name}`}>
@@ -260,5 +263,6 @@ function Timeline({ run, now, onRerun, busy }: { run: RunSummary; now: number; o
         );
       })}
     </ol>
+    </>
   );
 }

@@ -319,7 +319,7 @@ function Row({ e }: { e: RunEvent }) {
     <>
       <span class="time">{clock(e.time)}</span>
       <span class={`type t-${kind} t-${e.type.replace('.', '-')}`}>{e.type}</span>
-      <span class="stage">{e.stage ?? ''}</span>
+      <span class="st">{e.stage ?? ''}</span>
       <span class="text">{text}</span>
     </>
   );

@@ -47,6 +47,8 @@ export function ActionButton(props: {
   why?: string | false | null;
   busy?: boolean;
   kind?: 'primary' | 'danger' | '';
+  /** The reason is said once elsewhere on the page (repeated buttons): only in the title. */
+  quiet?: boolean;
   onClick: () => void;
 }) {
   const id = useId();
@@ -61,12 +63,12 @@ export function ActionButton(props: {
         disabled={disabled}
         aria-disabled={disabled ? 'true' : undefined}
         title={reason || undefined}
-        aria-describedby={denied ? id : undefined}
+        aria-describedby={denied && !props.quiet ? id : undefined}
         onClick={props.onClick}
       >
         {props.label}
       </button>
-      {denied && (
+      {denied && !props.quiet && (
         <span class="why" id={id}>
           {reason}
         </span>
