@@ -113,14 +113,6 @@ export function NewRunDialog({ onClose, onStarted }: { onClose: () => void; onSt
     }
   };
 
-  const fieldError = (name: string) =>
-    errors[name] && (
-      <span class="field-error" id={`err-${name}`}>
-        {errors[name]}
-      </span>
-    );
-  const invalid = (name: string) => (errors[name] ? { 'aria-invalid': true, 'aria-describedby': `err-${name}` } : {});
-
   return (
     <dialog ref={ref} class="dialog" aria-labelledby="newrun-title" onClose={onClose} onCancel={onClose}>
       <form onSubmit={start} noValidate>
@@ -135,37 +127,21 @@ export function NewRunDialog({ onClose, onStarted }: { onClose: () => void; onSt
             </select>
           </div>
         )}
-        <div class="field">
-          <label for="nr-workflow">Workflow</label>
-          {workflows === null || workflows.length > 0 ? (
-            <select id="nr-workflow" data-field="Workflow" value={workflow} onChange={(e) => setWorkflow(e.currentTarget.value)} {...invalid('Workflow')}>
-              {workflows === null && <option value="">Loading…</option>}
-              {(workflows ?? []).map((w) => (
-                <option value={w.name}>{w.name}</option>
-              ))}
-            </select>
-          ) : (
-            <input id="nr-workflow" data-field="Workflow" value={workflow} placeholder="workflow name" onInput={(e) => setWorkflow(e.currentTarget.value)} {...invalid('Workflow')} />
-          )}
-          {wf?.description && <span class="hint">{wf.description}</span>}
-          {fieldError('Workflow')}
-        </div>
-        <div class="field">
-          <label for="nr-connector">Connector</label>
-          {connectors === null || connectors.length > 0 ? (
-            <select id="nr-connector" data-field="Connector" value={connector} onChange={(e) => setConnector(e.currentTarget.value)} {...invalid('Connector')}>
-              {connectors === null && <option value="">Loading…</option>}
-              {(connectors ?? []).map((c) => (
-                <option value={c.name}>
-                  {c.name} ({c.type})
-                </option>
-              ))}
-            </select>
-          ) : (
-            <input id="nr-connector" data-field="Connector" value={connector} placeholder="connector name" onInput={(e) => setConnector(e.currentTarget.value)} {...invalid('Connector')} />
-          )}
-          {fieldError('Connector')}
-        </div>
+        <CatalogField
+          label="Workflow"
+          items={workflows?.map((w) => ({ name: w.name, text: w.name })) ?? null}
+          value={workflow}
+          set={setWorkflow}
+          error={errors['Workflow']}
+          hint={wf?.description}
+        />
+        <CatalogField
+          label="Connector"
+          items={connectors?.map((c) => ({ name: c.name, text: `${c.name} (${c.type})` })) ?? null}
+          value={connector}
+          set={setConnector}
+          error={errors['Connector']}
+        />
         {wf && wf.params.length > 0 && (
           <fieldset>
             <legend>Parameters</legend>
@@ -237,6 +213,46 @@ function ParamField({ p, value, error, onChange }: { p: Param; value?: Value; er
       {error && (
         <span class="field-error" id={`err-${p.name}`}>
           {error}
+        </span>
+      )}
+    </div>
+  );
+}
+
+/** A select of what the namespace has (a text field when the list cannot be read). */
+function CatalogField(props: {
+  label: string;
+  items: { name: string; text: string }[] | null;
+  value: string;
+  set: (v: string) => void;
+  error?: string;
+  hint?: string;
+}) {
+  const id = `nr-${props.label.toLowerCase()}`;
+  const attrs = {
+    id,
+    'data-field': props.label,
+    value: props.value,
+    'aria-invalid': props.error ? true : undefined,
+    'aria-describedby': props.error ? `err-${props.label}` : undefined,
+  };
+  return (
+    <div class="field">
+      <label for={id}>{props.label}</label>
+      {props.items === null || props.items.length > 0 ? (
+        <select {...attrs} onChange={(e) => props.set(e.currentTarget.value)}>
+          {props.items === null && <option value="">Loading…</option>}
+          {(props.items ?? []).map((i) => (
+            <option value={i.name}>{i.text}</option>
+          ))}
+        </select>
+      ) : (
+        <input {...attrs} placeholder={`${props.label.toLowerCase()} name`} onInput={(e) => props.set(e.currentTarget.value)} />
+      )}
+      {props.hint && <span class="hint">{props.hint}</span>}
+      {props.error && (
+        <span class="field-error" id={`err-${props.label}`}>
+          {props.error}
         </span>
       )}
     </div>

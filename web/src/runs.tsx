@@ -247,24 +247,8 @@ export function RunsPage() {
             ))}
           </select>
         </label>
-        <label>
-          Workflow
-          <select value={workflow} onChange={(e) => setWorkflow(e.currentTarget.value)}>
-            <option value="">All</option>
-            {workflows.map((w) => (
-              <option value={w}>{w}</option>
-            ))}
-          </select>
-        </label>
-        <label>
-          Triggered by
-          <select value={who} onChange={(e) => setWho(e.currentTarget.value)}>
-            <option value="">Anyone</option>
-            {triggerers.map((w) => (
-              <option value={w}>{w}</option>
-            ))}
-          </select>
-        </label>
+        <Choice label="Workflow" any="All" value={workflow} set={setWorkflow} options={workflows} />
+        <Choice label="Triggered by" any="Anyone" value={who} set={setWho} options={triggerers} />
         <label>
           Time range
           <select value={range} onChange={(e) => setRange(e.currentTarget.value as Range)}>
@@ -277,14 +261,8 @@ export function RunsPage() {
         </label>
         {range === 'custom' && (
           <>
-            <label>
-              Since
-              <input type="datetime-local" value={since} onInput={(e) => setSince(e.currentTarget.value)} />
-            </label>
-            <label>
-              Until
-              <input type="datetime-local" value={until} onInput={(e) => setUntil(e.currentTarget.value)} />
-            </label>
+            <When label="Since" value={since} set={setSince} />
+            <When label="Until" value={until} set={setUntil} />
           </>
         )}
       </form>
@@ -423,5 +401,28 @@ export function Progress({ value }: { value?: string }) {
       </span>
       {value}
     </span>
+  );
+}
+
+function Choice(props: { label: string; any: string; value: string; set: (v: string) => void; options: string[] }) {
+  return (
+    <label>
+      {props.label}
+      <select value={props.value} onChange={(e) => props.set(e.currentTarget.value)}>
+        <option value="">{props.any}</option>
+        {props.options.map((o) => (
+          <option value={o}>{o}</option>
+        ))}
+      </select>
+    </label>
+  );
+}
+
+function When(props: { label: string; value: string; set: (v: string) => void }) {
+  return (
+    <label>
+      {props.label}
+      <input type="datetime-local" value={props.value} onInput={(e) => props.set(e.currentTarget.value)} />
+    </label>
   );
 }
