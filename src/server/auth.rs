@@ -57,6 +57,12 @@ pub enum Verb {
     GetSchedule,
     /// `list` on WorkflowSchedules.
     ListSchedules,
+    /// `patch` on WorkflowSchedules (suspend, resume).
+    PatchSchedule,
+    /// `list` on Workflows.
+    ListWorkflows,
+    /// `list` on BrokerConnectors.
+    ListConnectors,
 }
 
 impl Verb {
@@ -69,14 +75,18 @@ impl Verb {
             Verb::Create => "create",
             Verb::Approve => "approve",
             Verb::GetSchedule => "get",
-            Verb::ListSchedules => "list",
+            Verb::ListSchedules | Verb::ListWorkflows | Verb::ListConnectors => "list",
+            Verb::PatchSchedule => "patch",
         }
     }
 
-    /// The resource the verb is on: `workflowruns`, or `workflowschedules`.
+    /// The resource the verb is on: `workflowruns`, `workflowschedules`, `workflows` or
+    /// `brokerconnectors`.
     fn resource(self) -> &'static str {
         match self {
-            Verb::GetSchedule | Verb::ListSchedules => "workflowschedules",
+            Verb::GetSchedule | Verb::ListSchedules | Verb::PatchSchedule => "workflowschedules",
+            Verb::ListWorkflows => "workflows",
+            Verb::ListConnectors => "brokerconnectors",
             _ => "workflowruns",
         }
     }
@@ -135,8 +145,9 @@ impl Auth {
         self.mode != AuthMode::None
     }
 
-    /// Checks that the bearer of `headers` may `verb` WorkflowRuns in `namespace` (the run
-    /// `name`, when one is named): 401 without a valid token, 403 without the RBAC.
+    /// Checks that the caller of `headers` (bearer token, else the sign-in cookie) may `verb`
+    /// in `namespace` (the object `name`, when one is named; `""`: all namespaces): 401
+    /// without a valid token, 403 without the RBAC.
     pub async fn check(
         &self,
         headers: &HeaderMap,
@@ -144,41 +155,78 @@ impl Auth {
         verb: Verb,
         name: Option<&str>,
     ) -> Result<Caller, ApiError> {
+        let caller = self.caller(headers).await?;
+        match self.denial(&caller, namespace, verb, name).await? {
+            None => Ok(caller),
+            Some(msg) => Err(ApiError::forbidden(msg)),
+        }
+    }
+
+    /// Who sends `headers` (bearer token, else the sign-in cookie): 401 without a valid token.
+    /// With `--auth=none`, "anonymous".
+    pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         if self.mode == AuthMode::None {
             return Ok(Caller::default());
         }
-        let token = bearer(headers).ok_or_else(|| {
-            ApiError::unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
+        let (token, source) = super::session::token(headers).ok_or_else(|| {
+            ApiError::unauthorized(
+                "a bearer token is required (Authorization: Bearer TOKEN), or sign in \
+                 (POST /api/v1/session)",
+            )
         })?;
-        let user = self.authenticate(token).await?;
-        let caller = Caller { user };
-        let (allowed, reason) = self.authorize(&caller.user, namespace, verb, name).await?;
-        if !allowed {
-            let what = match name {
-                Some(n) => format!("{}.devset.io {n:?}", verb.resource()),
-                None => format!("{}.devset.io", verb.resource()),
-            };
-            let mut msg = format!(
-                "{} cannot {} {what} in the namespace {namespace:?}",
-                caller.name(),
-                verb.as_str()
-            );
-            if !reason.is_empty() {
-                msg.push_str(": ");
-                msg.push_str(&reason);
-            }
-            if verb == Verb::Approve {
-                msg.push_str(
-                    " (deciding approvals needs the RBAC verb \"approve\" on \
-                     workflowruns.devset.io, e.g. a RoleBinding to the ClusterRole devset-approver)",
-                );
-            }
-            return Err(ApiError::forbidden(msg));
-        }
-        Ok(caller)
+        let user = self.review(token).await?.ok_or_else(|| {
+            ApiError::unauthorized(match source {
+                super::session::Source::Bearer => "the bearer token is not valid",
+                super::session::Source::Cookie => {
+                    "the token of the sign-in cookie is not valid (any more): sign in again"
+                }
+            })
+        })?;
+        Ok(Caller { user })
     }
 
-    async fn authenticate(&self, token: &str) -> Result<UserInfo, ApiError> {
+    /// Why `caller` may not `verb` in `namespace` (the object `name`, when one is named; `""`:
+    /// all namespaces), or `None` when they may. With `--auth=none`, always `None`.
+    pub async fn denial(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        verb: Verb,
+        name: Option<&str>,
+    ) -> Result<Option<String>, ApiError> {
+        if self.mode == AuthMode::None {
+            return Ok(None);
+        }
+        let (allowed, reason) = self.authorize(&caller.user, namespace, verb, name).await?;
+        if allowed {
+            return Ok(None);
+        }
+        let what = match name {
+            Some(n) => format!("{}.devset.io {n:?}", verb.resource()),
+            None => format!("{}.devset.io", verb.resource()),
+        };
+        let place = if namespace.is_empty() {
+            "in all namespaces".to_owned()
+        } else {
+            format!("in the namespace {namespace:?}")
+        };
+        let mut msg = format!("{} cannot {} {what} {place}", caller.name(), verb.as_str());
+        if !reason.is_empty() {
+            msg.push_str(": ");
+            msg.push_str(&reason);
+        }
+        if verb == Verb::Approve {
+            msg.push_str(
+                " (deciding approvals needs the RBAC verb \"approve\" on \
+                 workflowruns.devset.io, e.g. a RoleBinding to the ClusterRole devset-approver)",
+            );
+        }
+        Ok(Some(msg))
+    }
+
+    /// The user a token belongs to (TokenReview, cached), or `None` for a token the API
+    /// server does not accept.
+    pub async fn review(&self, token: &str) -> Result<Option<UserInfo>, ApiError> {
         let known = match self.tokens.get(&token.to_owned()) {
             Some(v) => v,
             None => {
@@ -202,7 +250,7 @@ impl Auth {
                 user
             }
         };
-        known.ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))
+        Ok(known)
     }
 
     async fn authorize(
@@ -252,7 +300,7 @@ impl Auth {
 }
 
 /// The token of `Authorization: Bearer TOKEN`.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     let token = token.trim();

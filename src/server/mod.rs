@@ -35,10 +35,12 @@
 mod approval;
 mod auth;
 mod bulk;
+mod catalog;
 mod create;
 mod error;
 mod events;
 mod hub;
+mod live;
 mod metrics;
 mod openapi;
 mod ops;
@@ -46,7 +48,9 @@ mod rerun;
 mod routes;
 mod runs;
 mod schedules;
+mod session;
 mod trigger;
+mod web;
 
 pub use auth::AuthMode;
 
@@ -89,6 +93,8 @@ pub struct Settings {
 pub(crate) struct AppState {
     pub hub: Arc<hub::Hub>,
     pub runs: crate::watch::Stores<WorkflowRun>,
+    /// The run watch's changes, for the live run streams.
+    pub changes: Arc<live::Changes>,
     pub auth: auth::Auth,
     pub client: Client,
     pub metrics: metrics::ApiMetrics,
@@ -105,7 +111,12 @@ fn router(state: Arc<AppState>) -> Router {
     let (router, api) = api().split_for_parts();
     let doc = ops::Document(openapi::document(&api).to_string().into());
     router
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            live::intercept,
+        ))
         .layer(Extension(doc))
+        .layer(middleware::from_fn(session::csrf))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             ops::count_requests,
@@ -121,6 +132,10 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .merge(bulk::router())
         .merge(approval_router())
         .merge(ops::router())
+        .merge(session::router())
+        .merge(catalog::router())
+        .merge(live::router())
+        .merge(web::router())
         .merge(openapi::documented(
             trigger::router(),
             openapi::trigger_paths(),
@@ -160,24 +175,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut stores = Vec::new();
     let mut watches = Vec::new();
+    let changes = Arc::new(live::Changes::default());
     for api in crate::watch::apis::<WorkflowRun>(&client, &settings.namespaces) {
         let (reader, writer) = reflector::store();
         stores.push(reader);
+        let changes = changes.clone();
         watches.push(tokio::spawn(
             watcher(api, watcher::Config::default().any_semantic())
                 .default_backoff()
                 .reflect(writer)
-                .applied_objects()
-                .for_each(|r| async move {
-                    if let Err(e) = r {
-                        warn!(error = %e, "watching WorkflowRuns failed; retrying");
+                .for_each(move |r| {
+                    match r {
+                        Ok(ev) => changes.publish(&ev),
+                        Err(e) => warn!(error = %e, "watching WorkflowRuns failed; retrying"),
                     }
+                    std::future::ready(())
                 }),
         ));
     }
     let state = Arc::new(AppState {
         hub: hub::Hub::new(store.clone()),
         runs: crate::watch::Stores(stores),
+        changes,
         auth: auth::Auth::new(settings.auth, client.clone()),
         client,
         metrics: metrics::ApiMetrics::new(),

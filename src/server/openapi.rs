@@ -12,9 +12,11 @@
 use super::{
     approval::{Decided, DecisionRequest},
     bulk::{BulkRequest, BulkResults, Export},
+    catalog::{ConnectorList, NamespaceList, Permissions, WorkflowList},
     error::Status,
     events::EventPage,
     runs::{RunList, RunSummary},
+    session::{Session, SignIn},
     trigger::Triggered,
 };
 use crate::events::Event;
@@ -65,6 +67,12 @@ schemars_schemas!(
     BulkRequest,
     BulkResults,
     Export,
+    Session,
+    SignIn,
+    NamespaceList,
+    WorkflowList,
+    ConnectorList,
+    Permissions,
 );
 
 /// The document of the router's OpenAPI part, completed: title, the bearer-token scheme,
@@ -83,6 +91,7 @@ pub fn document(api: &OpenApi) -> Value {
                     "description": "A Kubernetes token (kubectl create token …)" },
     });
     doc["security"] = json!([{ "bearer": [] }]);
+    super::live::document_stream(&mut doc);
     let status =
         json!({ "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } });
     if let Some(paths) = doc["paths"].as_object_mut() {
@@ -212,7 +221,9 @@ pub(super) fn schedules_paths() -> OpenApi {
     #[openapi(paths(
         super::schedules::list,
         super::schedules::get_one,
-        super::schedules::fire
+        super::schedules::fire,
+        super::schedules::suspend,
+        super::schedules::resume
     ))]
     struct Doc;
     <Doc as utoipa::OpenApi>::openapi()

@@ -10,6 +10,9 @@
 //! `devset.io/triggered-by`. Answers: 401, 403 without `create` on workflowruns, 404 for an
 //! unserved namespace or a schedule that does not exist, 400 when the API server refuses the
 //! run (a template it does not accept); else 201 with the new run and `Location`.
+//!
+//! `POST …/workflowschedules/{name}/suspend` and `…/resume` set `spec.suspend` to true or
+//! false (`patch` on workflowschedules) and answer 200 with the schedule's summary.
 
 use super::{AppState, S, auth::Verb, error::ApiError, routes::check_namespace};
 use crate::{
@@ -26,7 +29,7 @@ use axum::{
 use jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde::Serialize;
 use std::sync::Arc;
@@ -37,6 +40,8 @@ pub(super) fn router() -> Router<Arc<AppState>> {
         .route(base, get(list))
         .route(&format!("{base}/{{name}}"), get(get_one))
         .route(&format!("{base}/{{name}}/fire"), post(fire))
+        .route(&format!("{base}/{{name}}/suspend"), post(suspend))
+        .route(&format!("{base}/{{name}}/resume"), post(resume))
 }
 
 /// One schedule, as the API shows it.
@@ -211,4 +216,59 @@ async fn fire(
         res.headers_mut().insert(header::LOCATION, v);
     }
     Ok(res)
+}
+
+#[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/workflowschedules/{name}/suspend", tag = "schedules",
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The schedule")),
+    responses((status = 200, description = "The schedule's summary, with suspend: true", content_type = "application/json"),
+        (status = 403, description = "No `patch` on the schedule"),
+        (status = 404, description = "No such schedule")))]
+async fn suspend(
+    State(state): S,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<ScheduleSummary>, ApiError> {
+    set_suspend(&state, &headers, &ns, &name, true).await
+}
+
+#[utoipa::path(post, path = "/api/v1/namespaces/{namespace}/workflowschedules/{name}/resume", tag = "schedules",
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The schedule")),
+    responses((status = 200, description = "The schedule's summary, with suspend: false", content_type = "application/json"),
+        (status = 403, description = "No `patch` on the schedule"),
+        (status = 404, description = "No such schedule")))]
+async fn resume(
+    State(state): S,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<ScheduleSummary>, ApiError> {
+    set_suspend(&state, &headers, &ns, &name, false).await
+}
+
+/// Sets `spec.suspend` of a schedule once the caller may patch it.
+async fn set_suspend(
+    state: &AppState,
+    headers: &HeaderMap,
+    ns: &str,
+    name: &str,
+    suspend: bool,
+) -> Result<Json<ScheduleSummary>, ApiError> {
+    let caller = state
+        .auth
+        .check(headers, ns, Verb::PatchSchedule, Some(name))
+        .await?;
+    check_namespace(state, ns)?;
+    let patch = serde_json::json!({ "spec": { "suspend": suspend } });
+    let s = schedules(state, ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => not_found(ns, name),
+            kube::Error::Api(s) if s.code == 403 => ApiError::forbidden(format!(
+                "devset api may not patch the schedule: {}",
+                s.message
+            )),
+            e => ApiError::unavailable(format!("setting spec.suspend: {e}")),
+        })?;
+    tracing::info!(namespace = %ns, schedule = %name, suspend, caller = caller.name(), "schedule suspended or resumed through the API");
+    Ok(Json(summary(&s)))
 }
