@@ -220,9 +220,10 @@ fn helm_lint_passes_and_the_chart_renders_with_defaults_and_every_option() {
         cluster["devset.io/workflowruns"],
         BTreeSet::from(["get", "list", "watch", "patch", "create", "delete"].map(String::from))
     );
+    // patch: the API's suspend and resume (spec.suspend).
     assert_eq!(
         cluster["devset.io/workflowschedules"],
-        BTreeSet::from(["get", "list", "watch"].map(String::from))
+        BTreeSet::from(["get", "list", "watch", "patch"].map(String::from))
     );
     assert_eq!(
         cluster["devset.io/workflowschedules/status"],
