@@ -197,7 +197,7 @@ function Approval({ stage, busy, onDecide }: { stage: StageStatus; busy: boolean
       <textarea id={id} rows={2} maxLength={1024} value={comment} onInput={(e) => setComment(e.currentTarget.value)} />
       <div class="buttons">
         <ActionButton label="Approve" kind="primary" perm={perms.approve} busy={busy} onClick={() => onDecide(stage.name, 'approve', comment)} />
-        <ActionButton label="Reject" kind="danger" perm={perms.approve} busy={busy} onClick={() => onDecide(stage.name, 'reject', comment)} />
+        <ActionButton label="Reject" kind="danger" perm={perms.approve} quiet busy={busy} onClick={() => onDecide(stage.name, 'reject', comment)} />
       </div>
     </section>
   );

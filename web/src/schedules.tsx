@@ -59,6 +59,12 @@ export function SchedulesPage() {
       </div>
       <Alert error={error} onClose={() => setError(null)} />
       {notice && <Notice>{notice}</Notice>}
+      {[perms.suspend, perms.fire].some((a) => a && !a.allowed) && (
+        <p class="denied-note">
+          {perms.suspend && !perms.suspend.allowed && <>Suspend / Resume: {perms.suspend.reason}. </>}
+          {perms.fire && !perms.fire.allowed && <>Fire now: {perms.fire.reason}.</>}
+        </p>
+      )}
       {items === null ? (
         <p class="loading">Loading schedules…</p>
       ) : items.length === 0 ? (
@@ -122,6 +128,7 @@ export function SchedulesPage() {
                     <ActionButton
                       label={s.suspend ? 'Resume' : 'Suspend'}
                       perm={perms.suspend}
+                      quiet
                       busy={busy === k}
                       onClick={() =>
                         act(k, s.suspend ? 'Resume' : 'Suspend', async () => {
@@ -134,6 +141,7 @@ export function SchedulesPage() {
                       label="Fire now"
                       kind="primary"
                       perm={perms.fire}
+                      quiet
                       busy={busy === k}
                       onClick={() =>
                         act(k, 'Fire now', async () => {
