@@ -299,7 +299,16 @@ export function EventLog({ ns, name, lastSeq, finished, onActivity }: LogProps) 
           </div>
         </div>
       </div>
-      {selected !== null && <Inspector base={base} seq={selected} onClose={() => setSelected(null)} />}
+      {selected !== null && (
+        <Inspector
+          base={base}
+          seq={selected}
+          onClose={() => {
+            setSelected(null);
+            focusRow(selected);
+          }}
+        />
+      )}
     </div>
   );
 }
@@ -356,7 +365,15 @@ function Inspector({ base, seq, onClose }: { base: string; seq: number; onClose:
   }, [base, seq]);
   const { headers, payload, ...meta } = ev ?? ({} as RunEvent);
   return (
-    <section class="inspector" role="region" aria-label="Event" ref={ref}>
+    <section
+      class="inspector"
+      role="region"
+      aria-label="Event"
+      ref={ref}
+      onKeyDown={(e) => {
+        if (e.key === 'Escape') onClose();
+      }}
+    >
       <div class="insp-head">
         <h3>
           Event {seq}

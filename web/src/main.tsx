@@ -35,7 +35,10 @@ function App() {
   useEffect(() => {
     if (session === null && path !== '/signin')
       navigate(`/signin?next=${encodeURIComponent(path + location.search)}`, true);
-    if (session && path === '/signin') navigate(query.get('next') || '/runs', true);
+    if (session && path === '/signin') {
+      const next = query.get('next') ?? '';
+      navigate(next.startsWith('/') && !next.startsWith('//') ? next : '/runs', true);
+    }
     if (session && path === '/') navigate('/runs', true);
   }, [session, path]);
 

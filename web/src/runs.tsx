@@ -38,6 +38,7 @@ function useLiveRuns(ns: string) {
     let flushTimer = 0;
     let retry = 0;
     let stopped = false;
+    let fails = 0;
     const flush = () => {
       flushTimer = 0;
       setRuns(new Map(live));
@@ -73,6 +74,7 @@ function useLiveRuns(ns: string) {
         // A fresh snapshot replaces what we had (runs deleted while disconnected go away).
         if (staging) live = staging;
         staging = null;
+        fails = 0;
         setSynced(true);
         setError(null);
         flush();
@@ -91,7 +93,8 @@ function useLiveRuns(ns: string) {
           },
           (e: ApiError) => setError(e.message),
         );
-        retry = window.setTimeout(connect, 5000);
+        // 5 s, then longer while it keeps failing (at most a minute).
+        retry = window.setTimeout(connect, Math.min(60_000, 5000 * 2 ** fails++));
       };
     };
     connect();
