@@ -53,7 +53,7 @@ build_tools() {
     log "building $name $ver with $(go env GOVERSION) (first run only, takes minutes; log: $logf)"
     : >"$logf"
     for spec in "$@"; do
-      if (cd "$moddir" && CGO_ENABLED=0 go build -buildvcs=false -trimpath -ldflags "-s -w $ldflags" \
+      if (cd "$moddir" && CGO_ENABLED=${BUILD_CGO:-0} go build ${BUILD_GOFLAGS:-} -buildvcs=false -trimpath -ldflags "-s -w $ldflags" \
         -o "$tmp/bin/${spec%%=*}" "${spec#*=}") >>"$logf" 2>&1; then :; else
         tail -n 40 "$logf" >&2 || true
         rm -rf "$tmp"
@@ -83,6 +83,31 @@ build_node() {
     kubelet=k8s.io/kubernetes/cmd/kubelet kube-proxy=k8s.io/kubernetes/cmd/kube-proxy \
     kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
     kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager
+}
+
+# tilt (tests/node_tilt.rs runs `tilt ci` against the node), cached apart like the node's
+# binaries; it needs cgo (tree-sitter) and takes minutes the first time. Its module lacks the
+# web UI's built assets (tilt's releases build them with yarn), and tilt refuses to start
+# without an index.html, so the build uses a copy of the module with a one-page stand-in
+# (tests/tools/tilt/index.html; the module cache itself is read-only).
+TILT_VERSION=$(modver "$TOOLS/tilt/go.mod" github.com/tilt-dev/tilt)
+TILT_BIN="$DEVSET_CACHE/tilt-$TILT_VERSION/bin"
+build_tilt() {
+  [ -d "$TILT_BIN" ] && return 0
+  local src work="$DEVSET_CACHE/.tilt-$TILT_VERSION.src"
+  src=$(cd "$TOOLS/tilt" && go mod download -json github.com/tilt-dev/tilt | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [ -d "$src" ] || die "tilt: go mod download github.com/tilt-dev/tilt found no module directory"
+  rm -rf "$work"
+  mkdir -p "$work"
+  cp -r "$src" "$work/tilt"
+  chmod -R u+w "$work/tilt"
+  cp "$TOOLS/tilt/index.html" "$work/tilt/pkg/assets/build/index.html"
+  cp "$TOOLS/tilt/go.mod" "$TOOLS/tilt/go.sum" "$work/"
+  (cd "$work" && go mod edit -replace "github.com/tilt-dev/tilt=$work/tilt")
+  BUILD_CGO=1 BUILD_GOFLAGS="-modfile=$work/go.mod" build_tools tilt "$TILT_VERSION" "$TOOLS/tilt" \
+    "-X main.version=${TILT_VERSION#v} -X main.date=$(date -u +%Y-%m-%d)" \
+    tilt=github.com/tilt-dev/tilt/cmd/tilt
+  rm -rf "$work"
 }
 
 build_all() {
@@ -308,5 +333,6 @@ case "${1:-}" in
   down) down ;;
   build) build_all ;;           # only build/cache the binaries
   build-node) build_node ;;     # only build/cache the node's binaries
-  *) die "usage: $0 up|down|build|build-node" ;;
+  build-tilt) build_tilt ;;     # only build/cache tilt
+  *) die "usage: $0 up|down|build|build-node|build-tilt" ;;
 esac

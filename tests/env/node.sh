@@ -30,6 +30,8 @@ K8S_DIR="$DEVSET_ENV_DIR/k8s"
 K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ { print $2; exit }' "$TOOLS/k8s/go.mod")
 NODE_BIN="$DEVSET_CACHE/k8s-node-$K8S_VERSION/bin"
 K8S_BIN="$DEVSET_CACHE/k8s-$K8S_VERSION/bin"
+TILT_VERSION=$(awk '$1 == "github.com/tilt-dev/tilt" && $2 ~ /^v/ { print $2; exit }' "$TOOLS/tilt/go.mod")
+TILT_BIN="$DEVSET_CACHE/tilt-$TILT_VERSION/bin" # tilt, for `tilt ci` on the node (tests/node_tilt.rs)
 BRIDGE=devset0
 NODE_IP=10.244.0.1
 POD_CIDR=10.244.0.0/24
@@ -128,8 +130,8 @@ prepare() {
   echo "$DEVSET_ENV_DIR" >"$OWNER"
   make_network
   # The binaries build while the other components come up; `up` waits for them.
-  if [ ! -d "$NODE_BIN" ]; then
-    start_bg node-build "$N/build.log" bash "$DEVSET_REPO/tests/env/k8s.sh" build-node
+  if [ ! -d "$NODE_BIN" ] || [ ! -d "$TILT_BIN" ]; then
+    start_bg node-build "$N/build.log" bash -c "bash '$DEVSET_REPO/tests/env/k8s.sh' build-node && bash '$DEVSET_REPO/tests/env/k8s.sh' build-tilt"
   fi
 }
 
@@ -325,6 +327,7 @@ wait_build() {
     rm -f "$f"
   fi
   [ -d "$NODE_BIN" ] || bash "$DEVSET_REPO/tests/env/k8s.sh" build-node || fail build "building the node's binaries failed"
+  [ -d "$TILT_BIN" ] || bash "$DEVSET_REPO/tests/env/k8s.sh" build-tilt || fail build "building tilt failed"
 }
 
 up() {
@@ -391,7 +394,7 @@ up() {
   env_line DEVSET_NODE_IP "$NODE_IP"
   env_line CONTAINERD_ADDRESS "$SOCK"
   env_line DEVSET_PAUSE_IMAGE "$PAUSE_IMAGE"
-  printf "export PATH='%s':\"\$PATH\"\n" "$NODE_BIN" >>"$DEVSET_ENV_FILE"
+  printf "export PATH='%s:%s':\"\$PATH\"\n" "$NODE_BIN" "$TILT_BIN" >>"$DEVSET_ENV_FILE"
   log "node: kubelet $K8S_VERSION on $NODE_IP, containerd $(containerd --version | awk '{print $3}'), logs in $N"
 }
 

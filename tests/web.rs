@@ -1,0 +1,91 @@
+//! The web page (issue 14) in a real browser: Debian's headless `chromium`, driven by Playwright
+//! (`playwright-core` from npm, pointed at the system browser) through the scripts in
+//! `tests/web/`, against `devset api` and `devset controller` on the real API server (RBAC,
+//! TokenReview, tokens from `kubectl create token`) and the real Kafka. Each test sets up its
+//! namespace here (`tests/web/harness.rs`), runs a script with `node`, and checks outcomes with
+//! independent clients: kubectl for `.status`, Kafka's console consumer for the messages; the
+//! scripts ask for those checks while they run. Screenshots go to `target/web-screenshots/`
+//! (and to `docs/images/` with `DEVSET_UPDATE_SCREENSHOTS=1`).
+//!
+//! Needs the test environment with its `browser` part: `tests/env/up … browser` (tests/run
+//! brings it up).
+
+mod common;
+#[path = "web/harness.rs"]
+mod harness;
+
+use common::ApiProcess;
+use harness::{MINUTE, Web};
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn sign_in_with_a_token_and_a_wrong_token_is_refused() {
+    let mut web = Web::new("web-signin", 4);
+    let open = ApiProcess::start(web.ns(), &web.store, "none");
+    web.script("signin", &[("WEB_URL_NOAUTH", open.url(""))], 3 * MINUTE);
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn new_run_with_params_goes_from_active_to_completed_without_a_reload() {
+    let mut web = Web::new("web-newrun", 4);
+    web.script("newrun", &[], 3 * MINUTE);
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn the_log_holds_every_event_once_across_an_api_restart() {
+    let mut web = Web::new("web-log", 4);
+    // 4,500 messages at 150/s: 30 s, long enough to restart the API in the middle.
+    web.start_run("live", "long", "kafka", "count: 4500, rate: 150");
+    web.script("log", &[("WEB_RUN", "live".into())], 4 * MINUTE);
+    assert_eq!(web.phase("live"), "Completed");
+    assert_eq!(
+        web.jsonpath("workflowrun", "live", "{.status.messagesPublished}"),
+        "4500"
+    );
+    assert_eq!(
+        common::env().count("kafka-count", &format!("{}-long", web.topic)),
+        4500
+    );
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn an_event_shows_the_payload_and_headers_the_broker_holds() {
+    let mut web = Web::new("web-inspect", 4);
+    web.start_run("three", "orders", "kafka", "orders: 3, region: eu-north");
+    web.wait_phase("three", "Completed", MINUTE);
+    // What an independent consumer (Kafka's console consumer) reads from the topic.
+    let broker = harness::kafka_read(&format!("{}-orders", web.topic), 3);
+    assert_eq!(broker.len(), 3, "{broker:?}");
+    let broker = serde_json::to_string(&broker).unwrap();
+    web.script(
+        "inspect",
+        &[("WEB_RUN", "three".into()), ("WEB_BROKER", broker)],
+        3 * MINUTE,
+    );
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn stop_approve_reject_retry_rerun_export_and_fire_now_from_the_page() {
+    let mut web = Web::new("web-actions", 10);
+    web.start_run("stopme", "long", "kafka", "count: 100000, rate: 50");
+    web.start_run("gate-a", "gated", "kafka", "");
+    web.start_run("gate-r", "gated", "kafka", "");
+    common::env().apply(
+        web.ns(),
+        "apiVersion: devset.io/v1alpha1\nkind: WorkflowSchedule\nmetadata: {name: nightly}\n\
+         spec:\n  schedule: \"0 3 * * *\"\n  runTemplate:\n    spec: {workflowRef: {name: orders}, \
+         connectorRef: {name: kafka}, params: {orders: 1, region: nightly}}\n",
+    );
+    web.wait_phase("stopme", "Running", MINUTE);
+    web.wait_phase("gate-a", "WaitingForApproval", MINUTE);
+    web.wait_phase("gate-r", "WaitingForApproval", MINUTE);
+    web.script("actions", &[], 6 * MINUTE);
+    // What the page did, read back once more.
+    assert_eq!(web.phase("stopme"), "Stopped");
+    assert_eq!(web.phase("gate-a"), "Completed");
+    assert_eq!(web.phase("gate-r"), "Failed");
+}
