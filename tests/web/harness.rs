@@ -188,7 +188,7 @@ const VIEWER_RULES: &[(&str, &str)] = &[
     ("workflowschedules.devset.io", "get,list,watch"),
 ];
 
-/// A ServiceAccount bound to a Role of `rules` (resource, verbs); its token from
+/// A ServiceAccount bound to a Role of `rules` (resource, verbs) by a RoleBinding; its token from
 /// `kubectl create token`.
 pub fn service_account(ns: &str, name: &str, rules: &[(&str, &str)]) -> String {
     env().kubectl_ok(&["-n", ns, "create", "serviceaccount", name]);
@@ -206,16 +206,12 @@ pub fn service_account(ns: &str, name: &str, rules: &[(&str, &str)]) -> String {
                 .join(", ")
         ));
     }
+    role.push_str(&format!(
+        "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}\n\
+         subjects: [{{kind: ServiceAccount, name: {name}, namespace: {ns}}}]\n"
+    ));
     env().apply(ns, &role);
-    env().kubectl_ok(&[
-        "-n",
-        ns,
-        "create",
-        "rolebinding",
-        name,
-        &format!("--role={name}"),
-        &format!("--serviceaccount={ns}:{name}"),
-    ]);
     env()
         .kubectl_ok(&["-n", ns, "create", "token", name, "--duration=2h"])
         .trim()
