@@ -13,11 +13,23 @@
 //! | `POST …/workflowruns/{name}/retry`, `…/rerun` | `create` |
 //! | `GET /api/v1/namespaces/{ns}/workflowschedules`, `…/workflowschedules/{name}` | `list`, `get` on `workflowschedules.devset.io` |
 //! | `POST /api/v1/namespaces/{ns}/workflowschedules/{name}/fire` | `create` |
+//! | `POST …/workflowschedules/{name}/suspend`, `…/resume` | `patch` on `workflowschedules.devset.io` |
+//! | `GET /api/v1/workflowruns` (JSON, or SSE of run changes; also `…/namespaces/{ns}/workflowruns` with `Accept: text/event-stream`) | `list` (cluster-wide, or in each served namespace) |
+//! | `GET /api/v1/namespaces` | a valid token; lists the namespaces where the caller may `list` |
+//! | `GET /api/v1/namespaces/{ns}/workflows`, `…/brokerconnectors` | `list` on `workflows.devset.io`, `brokerconnectors.devset.io` |
+//! | `GET /api/v1/namespaces/{ns}/permissions` | a valid token (it asks the reviews for the page's actions) |
+//! | `GET`, `POST`, `DELETE /api/v1/session` | `GET`: a valid token (cookie or bearer); `POST` checks the body's token |
+//! | `GET /`, `/runs`, `/runs/{ns}/{name}`, `/schedules`, `/signin`, `/assets/{file}` (the web page) | none |
 //! | `GET /api/v1/openapi.json`, `/metrics`, `/healthz`, `/readyz` | none |
+//!
+//! The token comes from `Authorization: Bearer`, else the `devset_session` cookie of the web
+//! page's sign-in; a cookie-authenticated request with a method other than GET/HEAD/OPTIONS
+//! must carry `X-Devset-Csrf: 1` (`session.rs`).
 //!
 //! ## Adding routes
 //! The routes are grouped by resource, one file each under `src/server/` (`runs.rs`,
-//! `events.rs`, `bulk.rs`, `approval.rs`, `ops.rs`, …), and each route is documented in the
+//! `events.rs`, `bulk.rs`, `approval.rs`, `ops.rs`, `catalog.rs`, `live.rs`, `session.rs`,
+//! `web.rs`, …), and each route is documented in the
 //! OpenAPI document by the handler itself, so that the two cannot drift:
 //! 1. put `#[utoipa::path(post, path = "/api/v1/…/{name}/thing", params(…), request_body = T,
 //!    responses((status = 201, body = U), (status = 404, description = "…")))]` on the handler
