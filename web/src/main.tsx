@@ -1,6 +1,6 @@
 // The page's shell: session, namespace picker, navigation and the routes.
 import { render } from 'preact';
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useLayoutEffect, useState } from 'preact/hooks';
 import { ALL, AppCtx } from './ctx';
 import { ApiError, call, getJson, nsPath, setOnUnauthorized, type Permissions, type Session } from './api';
 import { navigate, useLocation, withNs } from './router';
@@ -11,6 +11,16 @@ import { SchedulesPage } from './schedules';
 import { SignIn } from './signin';
 import './style.css';
 
+// Asked at once, in parallel, before the first render (the page waits on both).
+const sessionAtStart = call('GET', '/api/v1/session', undefined, { quiet401: true }).then(
+  (r) => r.json() as Promise<Session>,
+);
+let namespacesAtStart: Promise<{ items: string[] }> | null = call('GET', '/api/v1/namespaces', undefined, {
+  quiet401: true,
+}).then((r) => r.json());
+sessionAtStart.catch(() => {});
+namespacesAtStart.catch(() => {});
+
 function App() {
   const { path, query } = useLocation();
   const [session, setSession] = useState<Session | null | undefined>(undefined);
@@ -20,9 +30,7 @@ function App() {
 
   useEffect(() => {
     setOnUnauthorized(() => setSession(null));
-    void call('GET', '/api/v1/session', undefined, { quiet401: true })
-      .then((r) => r.json())
-      .then(setSession, (e: ApiError) => {
+    sessionAtStart.then(setSession, (e: ApiError) => {
         if (e.status === 401) setSession(null);
         else {
           setSession({ user: 'anonymous', groups: [], auth: 'none' });
@@ -44,7 +52,10 @@ function App() {
 
   useEffect(() => {
     if (!session) return;
-    getJson<{ items: string[] }>('/api/v1/namespaces').then(
+    const fresh = () => getJson<{ items: string[] }>('/api/v1/namespaces');
+    const early = namespacesAtStart?.catch(fresh);
+    namespacesAtStart = null;
+    (early ?? fresh()).then(
       (l) => setNamespaces(l.items),
       (e: ApiError) => {
         setNamespaces([]);
@@ -60,7 +71,7 @@ function App() {
     (namespaces && namespaces[0]) ||
     (namespaces ? 'default' : '');
 
-  useEffect(() => {
+  useLayoutEffect(() => {
     if (!session || !ns || ns === ALL) return setPerms({});
     getJson<{ actions: Permissions }>(`${nsPath(ns)}/permissions`).then(
       (p) => setPerms(p.actions ?? {}),

@@ -1,6 +1,6 @@
 // Runs: the Active Runs and Completed Runs grids, live from the runs SSE stream (a snapshot of
 // ADDED then SYNCED, then ADDED/MODIFIED/DELETED), with filters, selection and bulk actions.
-import { useEffect, useMemo, useState } from 'preact/hooks';
+import { useLayoutEffect, useMemo, useState } from 'preact/hooks';
 import {
   ACTIVE_PHASES,
   DONE_PHASES,
@@ -22,7 +22,7 @@ import { ActionButton, Alert, Link, Notice, Phase, Time, failures } from './ui';
 import { NewRunDialog } from './newrun';
 
 const keyOf = (r: RunRef) => `${r.namespace}/${r.name}`;
-const SHOWN = 200;
+const SHOWN = 100;
 
 /** The runs of `ns` (or all namespaces), kept current by the SSE stream. */
 function useLiveRuns(ns: string) {
@@ -30,7 +30,8 @@ function useLiveRuns(ns: string) {
   const [synced, setSynced] = useState(false);
   const [error, setError] = useState<string | null>(null);
 
-  useEffect(() => {
+  // A layout effect: the stream starts with the first render, not after a paint.
+  useLayoutEffect(() => {
     const path = runsPath(ns === ALL ? '' : ns);
     let es: EventSource | null = null;
     let live = new Map<string, RunSummary>();
