@@ -46,7 +46,7 @@ function slim(e: RunEvent): RunEvent {
 
 class LogCache {
   rows = new Map<number, RunEvent>();
-  pages = new Map<number, { state: 'loading' | 'loaded'; at: number; used: number }>();
+  pages = new Map<number, { state: 'loading' | 'loaded'; at: number }>();
   count = 0;
   /** The highest seq the stream delivered (where to resume). */
   streamed = 0;
@@ -56,15 +56,20 @@ class LogCache {
     if (e.seq > this.count) this.count = e.seq;
   }
 
-  /** Drops the least recently viewed pages beyond MAX_PAGES (never those in `keep`). */
-  evict(keep: Set<number>) {
-    const loaded = [...this.pages.entries()].filter(([, p]) => p.state === 'loaded');
-    if (loaded.length <= MAX_PAGES) return;
-    loaded.sort((a, b) => a[1].used - b[1].used);
-    for (const [p] of loaded.slice(0, loaded.length - MAX_PAGES)) {
-      if (keep.has(p)) continue;
-      this.pages.delete(p);
-      for (let s = p * PAGE + 1; s <= (p + 1) * PAGE; s++) this.rows.delete(s);
+  /** Where the user looks (a seq): trimming keeps the rows nearest to it. */
+  center = 1;
+
+  /**
+   * Keeps at most MAX_PAGES pages of rows (fetched or streamed): beyond that, drops the rows
+   * farthest from the view, down to three quarters (their pages are fetched again if needed).
+   */
+  trim() {
+    if (this.rows.size <= MAX_PAGES * PAGE) return;
+    const c = this.center;
+    const far = [...this.rows.keys()].sort((a, b) => Math.abs(b - c) - Math.abs(a - c));
+    for (const s of far.slice(0, this.rows.size - (MAX_PAGES * PAGE * 3) / 4)) {
+      this.rows.delete(s);
+      this.pages.delete(Math.floor((s - 1) / PAGE));
     }
   }
 }
@@ -132,6 +137,7 @@ export function EventLog({ ns, name, lastSeq, finished, onActivity }: LogProps) 
       if (!flush)
         flush = window.setTimeout(() => {
           flush = 0;
+          cache.trim();
           rerender(0);
         }, 50);
     };
@@ -180,25 +186,23 @@ export function EventLog({ ns, name, lastSeq, finished, onActivity }: LogProps) 
   const items = v.getVirtualItems();
   const first = items.length ? Math.floor(items[0].index / PAGE) : 0;
   const last = items.length ? Math.floor(items[items.length - 1].index / PAGE) : 0;
+  if (items.length) cache.center = items[items.length >> 1].index + 1;
   useEffect(() => {
     if (!cache.count) return;
     const t = window.setTimeout(() => {
       const now = Date.now();
-      const keep = new Set<number>();
       for (let p = first; p <= last; p++) {
-        keep.add(p);
         const st = cache.pages.get(p);
-        if (st) st.used = now;
         const end = Math.min((p + 1) * PAGE, cache.count);
         let missing = false;
         for (let s = p * PAGE + 1; s <= end && !missing; s++) missing = !cache.rows.has(s);
         if (!missing || st?.state === 'loading' || (st && now - st.at < 1500)) continue;
-        cache.pages.set(p, { state: 'loading', at: now, used: now });
+        cache.pages.set(p, { state: 'loading', at: now });
         getJson<EventPage>(`${base}?after=${p * PAGE}&limit=${PAGE}`).then(
           (page) => {
             page.items.forEach((e) => cache.add(e));
-            cache.pages.set(p, { state: 'loaded', at: Date.now(), used: Date.now() });
-            cache.evict(keep);
+            cache.pages.set(p, { state: 'loaded', at: Date.now() });
+            cache.trim();
             rerender(0);
           },
           (e: ApiError) => {
