@@ -6,6 +6,7 @@ mod common;
 
 use common::{
     ControllerProcess, TestNamespace, declare_queue, env, free_port, http_get, install_crds,
+    runs::{status, wait_phase},
     unique, wait_until,
 };
 use std::time::{Duration, Instant};
@@ -17,22 +18,6 @@ fn run_yaml(name: &str, workflow: &str, connector: &str) -> String {
         "apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {{name: {name}}}\n\
          spec: {{workflowRef: {{name: {workflow}}}, connectorRef: {{name: {connector}}}}}\n"
     )
-}
-
-fn status(ns: &str, run: &str, path: &str) -> String {
-    env().jsonpath(ns, "workflowrun", run, path)
-}
-
-fn wait_phase(ns: &str, run: &str, phase: &str, timeout: Duration) {
-    wait_until(timeout, &format!("run {run} to be {phase}"), || {
-        let p = status(ns, run, "{.status.phase}");
-        assert!(
-            !(p == "Failed" && phase != "Failed"),
-            "run {run} failed: {}",
-            status(ns, run, "{.status.message}")
-        );
-        (p == phase).then_some(())
-    });
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,8 +9,9 @@
 mod common;
 
 use common::{
-    ApiProcess, ControllerProcess, TestNamespace, declare_queue, env, install_crds, sqlite_store,
-    unique, wait_until,
+    ApiProcess, ControllerProcess, TestNamespace, declare_queue, env, install_crds,
+    runs::{stage_field, status, wait_phase},
+    sqlite_store, unique, wait_until,
 };
 use std::{io::Write, process::Stdio, time::Duration};
 
@@ -20,31 +21,6 @@ fn run_yaml(name: &str, workflow: &str, connector: &str, params: &str) -> String
     format!(
         "apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {{name: {name}}}\n\
          spec: {{workflowRef: {{name: {workflow}}}, connectorRef: {{name: {connector}}}, params: {{{params}}}}}\n"
-    )
-}
-
-fn status(ns: &str, run: &str, path: &str) -> String {
-    env().jsonpath(ns, "workflowrun", run, path)
-}
-
-fn wait_phase(ns: &str, run: &str, phase: &str, timeout: Duration) {
-    wait_until(timeout, &format!("run {run} to be {phase}"), || {
-        let p = status(ns, run, "{.status.phase}");
-        assert!(
-            !(matches!(p.as_str(), "Failed" | "Completed" | "Stopped") && p != phase),
-            "run {run} is {p}, not {phase}: {} {}",
-            status(ns, run, "{.status.reason}"),
-            status(ns, run, "{.status.message}")
-        );
-        (p == phase).then_some(())
-    });
-}
-
-fn stage_field(ns: &str, run: &str, stage: &str, field: &str) -> String {
-    status(
-        ns,
-        run,
-        &format!("{{.status.stages[?(@.name==\"{stage}\")].{field}}}"),
     )
 }
 

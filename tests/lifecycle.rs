@@ -7,39 +7,15 @@
 mod common;
 
 use common::{
-    ApiProcess, ControllerProcess, TestNamespace, env, install_crds, sqlite_store, unique,
-    wait_until,
+    ApiProcess, ControllerProcess, TestNamespace, env, install_crds,
+    runs::{stage_field, status, wait_phase},
+    sqlite_store, unique, wait_until,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn status(ns: &str, run: &str, path: &str) -> String {
-    env().jsonpath(ns, "workflowrun", run, path)
-}
-
-fn wait_phase(ns: &str, run: &str, phase: &str) {
-    wait_until(MINUTE, &format!("run {run} to be {phase}"), || {
-        let p = status(ns, run, "{.status.phase}");
-        assert!(
-            !(matches!(p.as_str(), "Failed" | "Completed" | "Stopped") && p != phase),
-            "run {run} is {p}, not {phase}: {} {}",
-            status(ns, run, "{.status.reason}"),
-            status(ns, run, "{.status.message}")
-        );
-        (p == phase).then_some(())
-    });
-}
-
-fn stage(ns: &str, run: &str, stage: &str, field: &str) -> String {
-    status(
-        ns,
-        run,
-        &format!("{{.status.stages[?(@.name==\"{stage}\")].{field}}}"),
-    )
-}
 
 /// A ServiceAccount of `ns` with `verbs` on workflowruns there; its token.
 fn account(ns: &str, name: &str, verbs: &[&str]) -> String {
@@ -180,7 +156,7 @@ async fn retry_and_rerun_inherit_what_they_should_and_leave_the_source_alone() {
             "{workflowRef: {name: chain}, connectorRef: {name: kafka}, params: {orders: 3}}",
         ),
     );
-    wait_phase(n, "src", "Completed");
+    wait_phase(n, "src", "Completed", MINUTE);
     assert_eq!(env().count("kafka-count", &a), 3);
     assert_eq!(env().count("kafka-count", &b), 2);
     // kubectl apply: the field manager that created it.
@@ -206,10 +182,10 @@ async fn retry_and_rerun_inherit_what_they_should_and_leave_the_source_alone() {
     );
     assert_eq!(run["metadata"]["labels"]["devset.io/rerun-of"], "src");
     assert_eq!(run["metadata"]["labels"]["devset.io/rerun-root"], "src");
-    wait_phase(n, &rerun, "Completed");
-    assert_eq!(stage(n, &rerun, "first", "phase"), "Inherited");
-    assert_eq!(stage(n, &rerun, "first", "outputs.published"), "3");
-    assert_eq!(stage(n, &rerun, "second", "phase"), "Succeeded");
+    wait_phase(n, &rerun, "Completed", MINUTE);
+    assert_eq!(stage_field(n, &rerun, "first", "phase"), "Inherited");
+    assert_eq!(stage_field(n, &rerun, "first", "outputs.published"), "3");
+    assert_eq!(stage_field(n, &rerun, "second", "phase"), "Succeeded");
     assert_eq!(status(n, &rerun, "{.status.triggeredBy}"), maker_name);
     assert_eq!(status(n, &rerun, "{.status.progress}"), "2/2");
     assert_eq!(
@@ -231,7 +207,7 @@ async fn retry_and_rerun_inherit_what_they_should_and_leave_the_source_alone() {
     .await;
     assert_eq!(code, StatusCode::CREATED, "{run}");
     let retry = run["metadata"]["name"].as_str().unwrap().to_owned();
-    wait_phase(n, &retry, "Completed");
+    wait_phase(n, &retry, "Completed", MINUTE);
     assert_eq!(env().count("kafka-count", &a), 4);
     let bs = consume(&b, 6);
     assert_eq!(bs.iter().filter(|v| *v == "after 1").count(), 2, "{bs:?}");
@@ -312,7 +288,7 @@ async fn retry_and_rerun_inherit_what_they_should_and_leave_the_source_alone() {
             name.to_owned()
         })
         .unwrap_or_else(|| panic!("{line}"));
-    wait_phase(n, &created, "Completed");
+    wait_phase(n, &created, "Completed", MINUTE);
     assert_eq!(status(n, &created, "{.status.params.orders}"), "2");
     assert_eq!(
         env().count("kafka-count", &a),
@@ -332,7 +308,7 @@ async fn retry_and_rerun_inherit_what_they_should_and_leave_the_source_alone() {
         n,
         &run_yaml("bad-from", "{rerunOf: {name: src, fromStage: nope}}"),
     );
-    wait_phase(n, "bad-from", "Failed");
+    wait_phase(n, "bad-from", "Failed", MINUTE);
     assert_eq!(
         status(n, "bad-from", "{.status.reason}"),
         "InvalidFromStage"
@@ -357,7 +333,7 @@ async fn retry_and_rerun_inherit_what_they_should_and_leave_the_source_alone() {
             "{workflowRef: {name: slow}, connectorRef: {name: kafka}}",
         ),
     );
-    wait_phase(n, "slow1", "Running");
+    wait_phase(n, "slow1", "Running", MINUTE);
     let (code, body) = post(&url("slow1", "retry"), &maker, json!({})).await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
     assert!(
@@ -369,8 +345,8 @@ async fn retry_and_rerun_inherit_what_they_should_and_leave_the_source_alone() {
         (status(n, "slow2", "{.status.reason}") == "SourceNotFinished").then_some(())
     });
     assert_eq!(status(n, "slow2", "{.status.phase}"), "Pending");
-    wait_phase(n, "slow1", "Completed");
-    wait_phase(n, "slow2", "Completed");
+    wait_phase(n, "slow1", "Completed", MINUTE);
+    wait_phase(n, "slow2", "Completed", MINUTE);
     assert_eq!(status(n, "slow2", "{.status.workflowRef.name}"), "slow");
     assert_eq!(status(n, "slow2", "{.status.connectorRef.name}"), "kafka");
     assert_eq!(env().count("kafka-count", &format!("{a}-slow")), 2);
@@ -401,7 +377,7 @@ async fn the_trigger_creates_one_run_per_idempotency_key_and_names_the_caller() 
         headers["location"],
         format!("/api/v1/namespaces/{n}/workflowruns/{name}").as_str()
     );
-    wait_phase(n, &name, "Completed");
+    wait_phase(n, &name, "Completed", MINUTE);
     assert_eq!(
         status(n, &name, "{.status.triggeredBy}"),
         format!("system:serviceaccount:{n}:maker")
@@ -682,8 +658,8 @@ fn a_finished_run_is_deleted_with_its_log_after_its_ttl_across_a_restart() {
             "{workflowRef: {name: chain}, connectorRef: {name: kafka}, params: {orders: 1}}",
         ),
     );
-    wait_phase(n, "short", "Completed");
-    wait_phase(n, "kept", "Completed");
+    wait_phase(n, "short", "Completed", MINUTE);
+    wait_phase(n, "kept", "Completed", MINUTE);
     let events = format!("/api/v1/namespaces/{n}/workflowruns/short/events");
     let (code, body) = common::http_get(api.port, &events).unwrap();
     assert_eq!(code, 200, "{body}");

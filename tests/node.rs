@@ -11,7 +11,7 @@ use common::*;
 use serde_json::Value;
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -23,27 +23,6 @@ const IMAGE_TAG: &str = "test";
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn helm(args: &[&str]) -> Output {
-    env()
-        .command("helm")
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("helm runs (from the test environment's PATH)")
-}
-
-fn helm_ok(args: &[&str]) -> String {
-    let out = helm(args);
-    assert!(
-        out.status.success(),
-        "helm {} failed: {}{}",
-        args.join(" "),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 /// What a failure on the node needs to be understood: the node's conditions and taints, the
@@ -128,7 +107,7 @@ fn install(release: &str, ns: &str, extra: &[&str]) {
     let watch = format!("watchNamespaces={{{ns}}}");
     args.extend(["--set", &watch]);
     args.extend(extra);
-    helm_ok(&args);
+    env().helm_ok(&args);
 }
 
 /// Waits until the release's pods (`replicas` of them) have every container Ready.
@@ -349,7 +328,7 @@ fn helm_install_runs_the_operator_on_the_node_and_a_sample_run_completes() {
     assert_eq!(events.last().unwrap()["phase"], "Completed", "{events:?}");
 
     // helm uninstall leaves the CRDs (helm never deletes those), and nothing of the release.
-    helm_ok(&["uninstall", &release, "-n", &ns.name, "--wait"]);
+    env().helm_ok(&["uninstall", &release, "-n", &ns.name, "--wait"]);
     let selector = format!("app.kubernetes.io/instance={release}");
     // The pod goes within its grace period (30 s) after the Deployment.
     let left = || {
@@ -498,7 +477,7 @@ fn deleting_the_operator_pod_mid_run_resumes_the_run_in_the_new_pod() {
         sent < 2400,
         "the new pod resumed, it did not start over: {sent}"
     );
-    helm_ok(&["uninstall", &release, "-n", &ns.name, "--wait"]);
+    env().helm_ok(&["uninstall", &release, "-n", &ns.name, "--wait"]);
 }
 
 #[test]
@@ -543,7 +522,7 @@ fn two_replicas_on_postgres_hand_the_lease_over_in_a_rolling_upgrade_mid_run() {
         "podAnnotations.rev=second",
     ];
     args.extend(values);
-    helm_ok(&args);
+    env().helm_ok(&args);
     wait_phase(&ns.name, "orders-1", "Completed", 4 * MINUTE);
     // The run may finish before the rollout has replaced the old leader: wait (bounded) for the
     // Lease to be taken by a new pod.
@@ -564,7 +543,7 @@ fn two_replicas_on_postgres_hand_the_lease_over_in_a_rolling_upgrade_mid_run() {
     );
     assert!(sent >= 1500, "every message sent at least once: {sent}");
     assert!(sent < 3000, "the stage did not run twice: {sent}");
-    helm_ok(&["uninstall", &release, "-n", &ns.name, "--wait"]);
+    env().helm_ok(&["uninstall", &release, "-n", &ns.name, "--wait"]);
 }
 
 /// A kustomize overlay of `config/default`: the node's image, and only `devset-system` watched

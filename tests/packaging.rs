@@ -17,27 +17,6 @@ use std::{
 const CHART: &str = "charts/devset-operator";
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn helm(args: &[&str]) -> Output {
-    env()
-        .command("helm")
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("helm runs (from the test environment's PATH)")
-}
-
-fn helm_ok(args: &[&str]) -> String {
-    let out = helm(args);
-    assert!(
-        out.status.success(),
-        "helm {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The documents of a multi-document YAML stream (empty ones skipped).
 fn docs(yaml: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(yaml)
@@ -50,7 +29,7 @@ fn docs(yaml: &str) -> Vec<Value> {
 fn render(extra: &[&str]) -> Vec<Value> {
     let mut args = vec!["template", "devset-operator", CHART, "-n", "devset-system"];
     args.extend(extra);
-    docs(&helm_ok(&args))
+    docs(&env().helm_ok(&args))
 }
 
 fn kind(doc: &Value) -> &str {
@@ -110,8 +89,8 @@ fn rules(role: &Value) -> BTreeMap<String, BTreeSet<String>> {
 #[test]
 #[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
 fn helm_lint_passes_and_the_chart_renders_with_defaults_and_every_option() {
-    helm_ok(&["lint", "--strict", CHART]);
-    helm_ok(&[
+    env().helm_ok(&["lint", "--strict", CHART]);
+    env().helm_ok(&[
         "lint",
         "--strict",
         CHART,
@@ -359,7 +338,7 @@ fn helm_lint_passes_and_the_chart_renders_with_defaults_and_every_option() {
             "approverRole.aggregateTo takes admin, edit or view",
         ),
     ] {
-        let out = helm(&["template", "x", CHART, "--set", set]);
+        let out = env().helm(&["template", "x", CHART, "--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && err.contains(reason),
@@ -624,7 +603,7 @@ fn helm_install_its_rbac_runs_a_workflow_and_nothing_more_then_uninstall() {
     let other = TestNamespace::new("helm-other");
     let release = unique("rel");
     let fullname = format!("{release}-devset-operator");
-    helm_ok(&[
+    env().helm_ok(&[
         "install",
         &release,
         CHART,
@@ -867,7 +846,7 @@ fn helm_install_its_rbac_runs_a_workflow_and_nothing_more_then_uninstall() {
     }
 
     // Uninstall: no workload or RBAC left; the CRDs stay.
-    helm_ok(&["uninstall", &release, "-n", &release_ns.name, "--wait"]);
+    env().helm_ok(&["uninstall", &release, "-n", &release_ns.name, "--wait"]);
     let selector = format!("app.kubernetes.io/instance={release}");
     for (kinds, ns) in [
         (

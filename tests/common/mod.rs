@@ -16,6 +16,7 @@ use std::{
 };
 
 pub mod consume;
+pub mod runs;
 
 pub const NEEDS_ENV: &str =
     "needs the test environment: tests/env/up, or run everything with tests/run";
@@ -58,6 +59,28 @@ impl TestEnv {
             out.status.success(),
             "kubectl {} failed: {}",
             args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs helm (the environment's) from the repository.
+    pub fn helm(&self, args: &[&str]) -> Output {
+        self.command("helm")
+            .args(args)
+            .current_dir(repo())
+            .output()
+            .expect("helm runs (from the test environment's PATH)")
+    }
+
+    /// Runs helm and returns its stdout; panics with its output when it fails.
+    pub fn helm_ok(&self, args: &[&str]) -> String {
+        let out = self.helm(args);
+        assert!(
+            out.status.success(),
+            "helm {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
