@@ -510,6 +510,30 @@ async fn the_page_is_served_with_its_security_headers_and_auth_none_needs_no_sig
             "{html}"
         );
     }
+    // Every asset index.html names is served with its type, cached as immutable.
+    let html = client.get(api.url("/runs")).send().await.unwrap();
+    let html = html.text().await.unwrap();
+    let assets: Vec<&str> = html
+        .split('"')
+        .filter(|p| p.starts_with("/assets/"))
+        .collect();
+    assert!(!assets.is_empty(), "index.html names its script: {html}");
+    for asset in assets {
+        let res = client.get(api.url(asset)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{asset}");
+        assert_eq!(
+            header_of(&res, header::CACHE_CONTROL),
+            "public, max-age=31536000, immutable"
+        );
+        assert_eq!(header_of(&res, header::CONTENT_SECURITY_POLICY), CSP);
+        let mime = header_of(&res, header::CONTENT_TYPE);
+        for (ext, want) in [(".js", "text/javascript"), (".css", "text/css")] {
+            if asset.ends_with(ext) {
+                assert_eq!(mime, want, "{asset}");
+            }
+        }
+        assert!(!res.bytes().await.unwrap().is_empty(), "{asset}");
+    }
     let res = client
         .get(api.url("/assets/absent.js"))
         .send()
