@@ -89,3 +89,67 @@ fn stop_approve_reject_retry_rerun_export_and_fire_now_from_the_page() {
     assert_eq!(web.phase("gate-a"), "Completed");
     assert_eq!(web.phase("gate-r"), "Failed");
 }
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn a_user_who_may_only_get_and_list_sees_the_buttons_disabled_with_the_reason() {
+    let mut web = Web::new("web-viewer", 4);
+    web.start_run("waiting", "gated", "kafka", "");
+    web.start_run("done", "orders", "kafka", "orders: 1, region: eu");
+    common::env().apply(
+        web.ns(),
+        "apiVersion: devset.io/v1alpha1\nkind: WorkflowSchedule\nmetadata: {name: nightly}\n\
+         spec:\n  schedule: \"0 3 * * *\"\n  runTemplate:\n    spec: {workflowRef: {name: orders}, \
+         connectorRef: {name: kafka}, params: {region: nightly}}\n",
+    );
+    web.wait_phase("waiting", "WaitingForApproval", MINUTE);
+    web.wait_phase("done", "Completed", MINUTE);
+    web.script("readonly", &[], 3 * MINUTE);
+    assert_eq!(web.phase("waiting"), "WaitingForApproval");
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn a_100000_event_run_opens_and_its_last_event_is_reached() {
+    let mut web = Web::new("web-big", 4);
+    let start = std::time::Instant::now();
+    web.start_run("big", "big", "kafka", "");
+    web.wait_phase("big", "Completed", 10 * MINUTE);
+    println!(
+        "the 100,000-message run took {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        web.jsonpath("workflowrun", "big", "{.status.messagesPublished}"),
+        "100000"
+    );
+    web.script("big", &[("WEB_RUN", "big".into())], 5 * MINUTE);
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn the_runs_page_lists_1000_runs() {
+    const RUNS: usize = 1000;
+    // No controller: the runs stay Pending (1,000 runs through one controller take minutes, and
+    // the page renders a run the same in any phase).
+    let mut web = Web::with_controller("web-many", None);
+    let start = std::time::Instant::now();
+    let runs: String = (1..=RUNS)
+        .map(|i| {
+            format!(
+                "apiVersion: devset.io/v1alpha1\nkind: WorkflowRun\nmetadata: {{name: r{i:04}}}\n\
+                 spec: {{workflowRef: {{name: long}}, connectorRef: {{name: kafka}}, params: {{count: 1, rate: 1000}}}}\n---\n"
+            )
+        })
+        .collect();
+    common::env().apply(web.ns(), &runs);
+    common::wait_until(MINUTE, "every run to be listed", || {
+        let out = common::env().kubectl_ok(&["get", "runs", "-n", web.ns(), "-o", "name"]);
+        (out.lines().count() == RUNS).then_some(())
+    });
+    println!(
+        "{RUNS} runs created in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    web.script("runs1000", &[("WEB_RUNS", RUNS.to_string())], 5 * MINUTE);
+}

@@ -27,7 +27,7 @@ pub const VIEWER_SA: &str = "viewer";
 /// ServiceAccounts, a controller and an API with `--auth=kubernetes`.
 pub struct Web {
     pub api: ApiProcess,
-    pub controller: ControllerProcess,
+    pub _controller: Option<ControllerProcess>,
     pub store: String,
     /// A token of [`FULL_SA`] and of [`VIEWER_SA`].
     pub token: String,
@@ -39,6 +39,12 @@ pub struct Web {
 
 impl Web {
     pub fn new(prefix: &str, max_active_runs: usize) -> Web {
+        Web::with_controller(prefix, Some(max_active_runs))
+    }
+
+    /// With a controller of at most `max_active_runs` runs at once, or none (the runs stay as
+    /// created: no status).
+    pub fn with_controller(prefix: &str, max_active_runs: Option<usize>) -> Web {
         install_crds();
         let ns = TestNamespace::new(prefix);
         let store = sqlite_store(&ns.name);
@@ -47,11 +53,12 @@ impl Web {
         env().apply(&ns.name, &workflows(&topic));
         let token = service_account(&ns.name, FULL_SA, FULL_RULES);
         let viewer_token = service_account(&ns.name, VIEWER_SA, VIEWER_RULES);
-        let controller = ControllerProcess::start_with_store(&ns.name, max_active_runs, 0, &store);
+        let controller = max_active_runs
+            .map(|max| ControllerProcess::start_with_store(&ns.name, max, 0, &store));
         let api = ApiProcess::start(&ns.name, &store, "kubernetes");
         Web {
             api,
-            controller,
+            _controller: controller,
             store,
             token,
             viewer_token,
@@ -165,7 +172,9 @@ impl Drop for Web {
         }
         // Delete the runs while the controller still runs, so that their finalizers go and the
         // namespace can go too.
-        let _ = env().kubectl(&["delete", "runs", "--all", "-n", self.ns(), "--timeout=30s"]);
+        if self._controller.is_some() {
+            let _ = env().kubectl(&["delete", "runs", "--all", "-n", self.ns(), "--timeout=30s"]);
+        }
     }
 }
 

@@ -301,6 +301,33 @@ async function buttonState(locator) {
   }));
 }
 
+// Records, in the next documents the page opens, when an element matching `selector` first
+// appears (performance.now(), from the navigation's start); read it with firstRenderTime.
+async function firstRender(page, selector) {
+  await page.addInitScript((sel) => {
+    const look = () => {
+      if (window.__devsetFirst === undefined && document.querySelector(sel)) window.__devsetFirst = performance.now();
+    };
+    new MutationObserver(look).observe(document, { childList: true, subtree: true });
+  }, selector);
+}
+
+async function firstRenderTime(page, timeout = 60000) {
+  await page.waitForFunction(() => window.__devsetFirst !== undefined, null, { timeout });
+  return page.evaluate(() => window.__devsetFirst);
+}
+
+// The page's JS heap: performance.memory's used size, then after a garbage collection (Chrome
+// DevTools Protocol's Runtime.getHeapUsage).
+async function heap(page) {
+  const before = await page.evaluate(() => (performance.memory ? performance.memory.usedJSHeapSize : 0));
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('HeapProfiler.collectGarbage');
+  const { usedSize, totalSize } = await cdp.send('Runtime.getHeapUsage');
+  await cdp.detach();
+  return { used: usedSize, total: totalSize, beforeGc: before };
+}
+
 // Runs `main` with the browser; on failure prints the error, what the pages logged, and saves a
 // screenshot of each page as failed-SCRIPT-N.png; the exit code tells the Rust side.
 function run(main) {
@@ -370,5 +397,8 @@ module.exports = {
   checkRows,
   compareSeqs,
   buttonState,
+  firstRender,
+  firstRenderTime,
+  heap,
   run,
 };
