@@ -353,6 +353,14 @@ mod tests {
             list["responses"]["401"].is_object(),
             "token routes answer 401"
         );
+        let content = &list["responses"]["200"]["content"];
+        assert!(content["text/event-stream"].is_object(), "{content}");
+        assert!(content["application/json"].is_object(), "{content}");
+        for name in ["Session", "Permissions", "WorkflowList", "ConnectorList"] {
+            assert!(schemas.contains_key(name), "{name} is in the document");
+        }
+        let page = &doc["paths"]["/runs"]["get"];
+        assert!(page["responses"].get("401").is_none(), "{page}");
         let healthz = &doc["paths"]["/healthz"]["get"];
         assert!(healthz["responses"].get("401").is_none(), "{healthz}");
         assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
