@@ -74,12 +74,7 @@ fn stop_approve_reject_retry_rerun_export_and_fire_now_from_the_page() {
     web.start_run("stopme", "long", "kafka", "count: 100000, rate: 50");
     web.start_run("gate-a", "gated", "kafka", "");
     web.start_run("gate-r", "gated", "kafka", "");
-    common::env().apply(
-        web.ns(),
-        "apiVersion: devset.io/v1alpha1\nkind: WorkflowSchedule\nmetadata: {name: nightly}\n\
-         spec:\n  schedule: \"0 3 * * *\"\n  runTemplate:\n    spec: {workflowRef: {name: orders}, \
-         connectorRef: {name: kafka}, params: {orders: 1, region: nightly}}\n",
-    );
+    web.nightly_schedule();
     web.wait_phase("stopme", "Running", MINUTE);
     web.wait_phase("gate-a", "WaitingForApproval", MINUTE);
     web.wait_phase("gate-r", "WaitingForApproval", MINUTE);
@@ -96,12 +91,7 @@ fn a_user_who_may_only_get_and_list_sees_the_buttons_disabled_with_the_reason() 
     let mut web = Web::new("web-viewer", 4);
     web.start_run("waiting", "gated", "kafka", "");
     web.start_run("done", "orders", "kafka", "orders: 1, region: eu");
-    common::env().apply(
-        web.ns(),
-        "apiVersion: devset.io/v1alpha1\nkind: WorkflowSchedule\nmetadata: {name: nightly}\n\
-         spec:\n  schedule: \"0 3 * * *\"\n  runTemplate:\n    spec: {workflowRef: {name: orders}, \
-         connectorRef: {name: kafka}, params: {region: nightly}}\n",
-    );
+    web.nightly_schedule();
     web.wait_phase("waiting", "WaitingForApproval", MINUTE);
     web.wait_phase("done", "Completed", MINUTE);
     web.script("readonly", &[], 3 * MINUTE);

@@ -95,6 +95,16 @@ impl Web {
         );
     }
 
+    /// The schedule `nightly` (03:00 every day: it does not fire during a test) of one order.
+    pub fn nightly_schedule(&self) {
+        env().apply(
+            self.ns(),
+            "apiVersion: devset.io/v1alpha1\nkind: WorkflowSchedule\nmetadata: {name: nightly}\n\
+             spec:\n  schedule: \"0 3 * * *\"\n  runTemplate:\n    spec: {workflowRef: {name: orders}, \
+             connectorRef: {name: kafka}, params: {orders: 1, region: nightly}}\n",
+        );
+    }
+
     /// `kubectl get RESOURCE NAME -o jsonpath=PATH` in the test's namespace.
     pub fn jsonpath(&self, resource: &str, name: &str, path: &str) -> String {
         env().jsonpath(self.ns(), resource, name, path)
