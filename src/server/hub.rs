@@ -76,7 +76,9 @@ impl Hub {
         if let Some(tx) = self.tails.lock().unwrap().get(run) {
             return Ok(tx.subscribe());
         }
-        let last = self.store.log(run).await?.map_or(0, |l| l.last_seq);
+        let last = patiently(|| self.store.log(run))
+            .await?
+            .map_or(0, |l| l.last_seq);
         let mut tails = self.tails.lock().unwrap();
         if let Some(tx) = tails.get(run) {
             return Ok(tx.subscribe());
@@ -100,7 +102,7 @@ impl Hub {
         // from the store.
         let mut live = self.subscribe(&run).await?;
         let mut cursor = after;
-        if let Some(log) = self.store.log(&run).await?
+        if let Some(log) = patiently(|| self.store.log(&run)).await?
             && (log.expired || (log.final_phase.is_some() && cursor >= log.last_seq))
         {
             return Ok(());
@@ -143,7 +145,7 @@ impl Hub {
         out: &mpsc::Sender<Arc<Frame>>,
     ) -> Result<bool, StoreError> {
         loop {
-            let page = self.store.events(run, *cursor, PAGE).await?;
+            let page = patiently(|| self.store.events(run, *cursor, PAGE)).await?;
             let full = page.len() == PAGE as usize;
             for ev in page {
                 *cursor = ev.seq;
@@ -156,6 +158,40 @@ impl Hub {
                 return Ok(false);
             }
         }
+    }
+}
+
+/// How long a stream waits out a busy store before it gives up.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Reads from the store, waiting out a busy one: when every pooled connection is taken (as when
+/// hundreds of streams backfill at once), SQLite is busy or a connection broke, the read is
+/// tried again after a growing pause, for up to [`PATIENCE`]; other errors end the stream.
+async fn patiently<T, Fut>(mut read: impl FnMut() -> Fut) -> Result<T, StoreError>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = Duration::from_millis(50);
+    let mut waited = Duration::ZERO;
+    loop {
+        match read().await {
+            Err(StoreError::Db(e)) if transient(&e) && waited < PATIENCE => {
+                tokio::time::sleep(pause).await;
+                waited += pause;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// A store error that goes away by itself.
+fn transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => true,
+        // SQLITE_BUSY and SQLITE_LOCKED
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("5" | "6")),
+        _ => false,
     }
 }
 
@@ -205,6 +241,33 @@ mod tests {
         api::RunPhase,
         events::{Event, EventLog, Limits, MESSAGE_PUBLISHED},
     };
+
+    #[tokio::test]
+    async fn a_busy_store_is_waited_out_and_other_errors_are_not() {
+        let mut tries = 0;
+        let got = patiently(|| {
+            tries += 1;
+            let busy = tries < 3;
+            async move {
+                if busy {
+                    Err(StoreError::Db(sqlx::Error::PoolTimedOut))
+                } else {
+                    Ok(7)
+                }
+            }
+        })
+        .await;
+        assert_eq!(got.unwrap(), 7);
+        assert_eq!(tries, 3);
+        let mut tries = 0;
+        let got: Result<u8, _> = patiently(|| {
+            tries += 1;
+            async { Err(StoreError::Config("broken".into())) }
+        })
+        .await;
+        assert!(got.is_err());
+        assert_eq!(tries, 1);
+    }
 
     async fn collect(hub: Arc<Hub>, run: RunKey, after: u64) -> Vec<u64> {
         let (tx, mut rx) = mpsc::channel(8);
