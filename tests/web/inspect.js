@@ -36,7 +36,7 @@ w.run(async () => {
     w.check((await inspector.innerText()).includes(m.key), `event ${e.seq}: the inspector shows the key ${m.key}`);
     w.log(`event ${e.seq}: payload and headers match the broker's message ${m.key}`);
   }
-  await w.screenshot(page, 'run-detail');
+  await w.screenshot(page, 'run-detail', { fullPage: true });
 });
 
 function sorted(o) {

@@ -136,9 +136,10 @@ async function signIn(page, token, { ns = NS() } = {}) {
   if (ns) await page.goto(`/runs?namespace=${encodeURIComponent(ns)}`);
 }
 
-// Screenshots go to WEB_SCREENSHOTS, and to WEB_DOCS_IMAGES (for the README) when set.
-async function screenshot(page, name, opts = {}) {
-  const dirs = [process.env.WEB_SCREENSHOTS, process.env.WEB_DOCS_IMAGES].filter(Boolean);
+// Screenshots go to WEB_SCREENSHOTS, and to WEB_DOCS_IMAGES (for the README) when set, unless
+// `docs` is false.
+async function screenshot(page, name, opts = {}, { docs = true } = {}) {
+  const dirs = [process.env.WEB_SCREENSHOTS, docs && process.env.WEB_DOCS_IMAGES].filter(Boolean);
   for (const dir of dirs) {
     fs.mkdirSync(dir, { recursive: true });
     await page.screenshot({ path: path.join(dir, `${name}.png`), ...opts });

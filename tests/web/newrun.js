@@ -55,6 +55,9 @@ w.run(async () => {
   await orders.waitFor();
   await region.waitFor();
   w.checkEqual(await orders.inputValue(), '3', 'the field orders holds its default');
+  await orders.fill('5');
+  await region.fill('eu-west');
+  await w.screenshot(page, 'new-run');
   // `region` is required: Start without it creates no run.
   await region.fill('');
   await dialog.getByRole('button', { name: 'Start' }).click();
@@ -67,9 +70,7 @@ w.run(async () => {
   w.check(await dialog.isVisible(), 'the dialog stays open while a required param is missing');
   w.checkEqual((await w.ask('runs')).items.length, 0, 'no run created without the required param');
 
-  await orders.fill('5');
   await region.fill('eu-west');
-  await w.screenshot(page, 'new-run');
   await dialog.getByRole('button', { name: 'Start' }).click();
   await dialog.waitFor({ state: 'hidden' });
 

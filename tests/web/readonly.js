@@ -40,7 +40,7 @@ w.run(async () => {
   await denied('Stop', 'patch');
   await denied('Approve', 'approve');
   await denied('Reject', 'approve');
-  await w.screenshot(page, 'run-detail-viewer');
+  await w.screenshot(page, 'run-detail-viewer', {}, { docs: false });
 
   await page.goto(`/runs/${ns}/done`);
   await page.getByTestId('run-phase').filter({ hasText: 'Completed' }).waitFor();
