@@ -69,6 +69,30 @@ fn an_event_shows_the_payload_and_headers_the_broker_holds() {
 
 #[test]
 #[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
+fn a_rabbitmq_event_shows_the_payload_and_headers_the_queue_holds() {
+    let mut web = Web::new("web-inspect-q", 4);
+    let queue = format!("{}-q", web.topic);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::declare_queue(&queue));
+    web.start_run("queued", "queued", "rabbit", "");
+    web.wait_phase("queued", "Completed", MINUTE);
+    // What an independent consumer (lapin's basic_get) takes from the queue.
+    let broker = harness::rabbitmq_read(&queue, 2);
+    let broker = serde_json::to_string(&broker).unwrap();
+    web.script(
+        "inspect",
+        &[
+            ("WEB_RUN", "queued".into()),
+            ("WEB_BROKER", broker),
+            ("WEB_SCREENSHOT", String::new()),
+        ],
+        3 * MINUTE,
+    );
+}
+
+#[test]
+#[ignore = "needs the test environment: tests/env/up, or run everything with tests/run"]
 fn stop_approve_reject_retry_rerun_export_and_fire_now_from_the_page() {
     let mut web = Web::new("web-actions", 10);
     web.start_run("stopme", "long", "kafka", "count: 100000, rate: 50");

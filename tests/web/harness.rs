@@ -242,6 +242,7 @@ pub fn service_account(ns: &str, name: &str, rules: &[(&str, &str)]) -> String {
 ///   `orders` JSON messages with a key and headers to `T-orders`, then waits 3 s;
 /// - `gated`: publishes 2 to `T-before`, waits for the approval `go-live`, publishes 4 to
 ///   `T-after` (carrying the decision's user and comment);
+/// - `queued`: 2 JSON messages with a key and a header to the RabbitMQ queue `T-q`;
 /// - `long`: `count` messages (default 3000) at `rate` per second (default 150) to `T-long`;
 /// - `big`: `count` messages (default 100,000) as fast as Kafka takes them to `T-big`.
 pub fn workflows(t: &str) -> String {
@@ -278,6 +279,19 @@ spec:
         topic: {t}-after
         count: 4
         payload: 'approved by {{{{ stages.go-live.outputs.user }}}}: {{{{ stages.go-live.outputs.comment }}}}'
+---
+apiVersion: devset.io/v1alpha1
+kind: Workflow
+metadata: {{name: queued}}
+spec:
+  stages:
+    - name: publish
+      publish:
+        queue: {t}-q
+        count: 2
+        key: 'q-{{{{ seq }}}}'
+        headers: {{source: devset-web}}
+        payload: '{{"orderId": {{{{ seq }}}}, "via": "rabbitmq"}}'
 ---
 apiVersion: devset.io/v1alpha1
 kind: Workflow
@@ -332,6 +346,45 @@ pub fn kafka_read(topic: &str, n: u64) -> Vec<Value> {
             json!({"headers": headers, "key": k, "value": v})
         })
         .collect()
+}
+
+/// The first `n` messages of the RabbitMQ queue `queue`, taken with lapin's `basic_get`:
+/// `[{headers: {..}, key (the header devset.key), value}]`.
+pub fn rabbitmq_read(queue: &str, n: usize) -> Vec<Value> {
+    use lapin::{Connection, ConnectionProperties, options::BasicGetOptions, types::AMQPValue};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = Connection::connect(env().var("AMQP_URL"), ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let ch = conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while out.len() < n {
+            assert!(Instant::now() < deadline, "{} of {n} messages", out.len());
+            let Some(got) = ch
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic_get")
+            else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let mut headers = serde_json::Map::new();
+            if let Some(h) = got.delivery.properties.headers() {
+                for (k, v) in h.inner() {
+                    if let AMQPValue::LongString(s) = v {
+                        headers.insert(k.to_string(), json!(s.to_string()));
+                    }
+                }
+            }
+            let key = headers.get("devset.key").cloned().unwrap_or_default();
+            let value = String::from_utf8_lossy(&got.delivery.data).into_owned();
+            out.push(json!({"headers": headers, "key": key, "value": value}));
+        }
+        conn.close(200, "done".into()).await.ok();
+        out
+    })
 }
 
 /// Runs `node tests/web/SCRIPT.js` with `vars` (and CHROMIUM, NODE_PATH, the screenshot
