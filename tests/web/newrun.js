@@ -10,7 +10,14 @@ async function choose(page, scope, label, value) {
   const field = scope.getByLabel(label, { exact: true });
   const tag = await field.evaluate((el) => el.tagName);
   if (tag === 'SELECT') {
-    await field.selectOption({ label: value }).catch(() => field.selectOption(value));
+    // The option whose value is `value`, else whose text is or starts with it ("kafka (kafka)").
+    const v = await field.evaluate((el, want) => {
+      const o = [...el.options].find((o) => o.value === want) || [...el.options].find((o) => o.textContent.trim() === want) ||
+        [...el.options].find((o) => o.textContent.trim().startsWith(`${want} `));
+      return o ? o.value : null;
+    }, value);
+    if (v === null) throw new Error(`${label} offers no ${value}`);
+    await field.selectOption(v);
   } else {
     await field.click();
     if (tag === 'INPUT') await field.fill(value);
