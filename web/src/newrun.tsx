@@ -151,7 +151,15 @@ export function NewRunDialog({ onClose, onStarted }: { onClose: () => void; onSt
                 p={p}
                 value={values[p.name]}
                 error={errors[p.name]}
-                onChange={(v) => setValues({ ...values, [p.name]: v })}
+                onChange={(v) => {
+                  setValues({ ...values, [p.name]: v });
+                  // A field marked wrong is checked again as it is corrected.
+                  if (errors[p.name]) {
+                    const { [p.name]: _, ...rest } = errors;
+                    const again = parseParam(p, v).error;
+                    setErrors(again ? { ...rest, [p.name]: again } : rest);
+                  }
+                }}
               />
             ))}
           </fieldset>
