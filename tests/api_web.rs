@@ -298,8 +298,22 @@ async fn the_run_stream_sends_added_synced_then_modified_and_deleted() {
     assert_eq!(snapshot[0].1["workflow"], "quick");
     assert_eq!(snapshot[1].1, json!({}));
 
+    // One run's stream (the run page's): `get` on it is enough, and it tells of that run only.
+    let (code, mut one) = open_stream(&format!("{list}?name=second"), &getter).await;
+    assert_eq!(code, StatusCode::OK, "a stream of one run needs get");
+    let empty = read_until(&mut one, "SYNCED", |e, _| e == "SYNCED").await;
+    assert_eq!(empty.len(), 1, "no run named second yet: {empty:?}");
+
     // Created, run and deleted by an independent client.
     s.delay_workflow("quick", "2s", &["second"]);
+    let got = read_until(&mut one, "MODIFIED second, Completed", |e, d| {
+        e == "MODIFIED" && d["phase"] == "Completed"
+    })
+    .await;
+    assert!(
+        got.iter().all(|(_, d)| d["name"] == "second"),
+        "only the second run: {got:?}"
+    );
     read_until(&mut events, "ADDED second", is("ADDED", "second")).await;
     read_until(&mut events, "MODIFIED second, Completed", |e, d| {
         e == "MODIFIED" && d["name"] == "second" && d["phase"] == "Completed"

@@ -13,6 +13,11 @@
 //! snapshot, ADDED… then SYNCED: a client rebuilds its list on each SYNCED. A stream that falls
 //! [`BUFFER`] changes behind is closed; its client reconnects and gets a fresh snapshot.
 //!
+//! `GET /api/v1/namespaces/{ns}/workflowruns?name=RUN` with `Accept: text/event-stream` is the
+//! same stream for that one run (`get` on it): the run page follows its status with it, from the
+//! same watch as the run list, so it never misses a change the run's event log announced
+//! before the watch delivered it.
+//!
 //! Without `Accept: text/event-stream` the namespaced route is the JSON list of `runs.rs` and
 //! `GET /api/v1/workflowruns` answers every run served, newest first, in one `RunList`.
 
@@ -52,6 +57,20 @@ pub(super) fn router() -> OpenApiRouter<Arc<AppState>> {
 
 /// A run's namespace and name.
 type Key = (String, String);
+
+/// What one stream follows: a namespace's runs (every served run when `ns` is `None`), or one
+/// run of it.
+#[derive(Clone, Debug, Default)]
+struct Scope {
+    ns: Option<String>,
+    name: Option<String>,
+}
+
+impl Scope {
+    fn holds(&self, ns: &str, name: &str) -> bool {
+        self.ns.as_deref().is_none_or(|n| n == ns) && self.name.as_deref().is_none_or(|n| n == name)
+    }
+}
 
 /// One change the watch saw, its summary rendered once for every stream.
 #[derive(Debug)]
@@ -111,13 +130,13 @@ fn frame(event: &str, data: &[u8]) -> Vec<u8> {
     f
 }
 
-/// The runs in `ns` (all served when `None`), newest first, then by name.
-fn current(state: &AppState, ns: Option<&str>) -> Vec<Arc<WorkflowRun>> {
+/// The runs of `scope`, newest first, then by name.
+fn current(state: &AppState, scope: &Scope) -> Vec<Arc<WorkflowRun>> {
     let mut runs: Vec<_> = state
         .runs
         .state()
         .into_iter()
-        .filter(|r| ns.is_none_or(|ns| r.namespace().as_deref() == Some(ns)))
+        .filter(|r| scope.holds(&r.namespace().unwrap_or_default(), &r.name_any()))
         .collect();
     runs.sort_by_cached_key(|r| {
         let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -127,10 +146,10 @@ fn current(state: &AppState, ns: Option<&str>) -> Vec<Arc<WorkflowRun>> {
 }
 
 /// Every current run as ADDED, then SYNCED; `known` becomes the runs sent.
-fn snapshot(state: &AppState, ns: Option<&str>, known: &mut HashSet<Key>) -> Bytes {
+fn snapshot(state: &AppState, scope: &Scope, known: &mut HashSet<Key>) -> Bytes {
     known.clear();
     let mut out = Vec::new();
-    for r in current(state, ns) {
+    for r in current(state, scope) {
         out.extend(frame("ADDED", &rendered(&r)));
         known.insert(key(&r));
     }
@@ -138,9 +157,9 @@ fn snapshot(state: &AppState, ns: Option<&str>, known: &mut HashSet<Key>) -> Byt
     out.into()
 }
 
-/// The frame a stream of `ns` sends for `change`, updating what it has sent in `known`.
-fn frame_for(change: &Change, ns: Option<&str>, known: &mut HashSet<Key>) -> Option<Vec<u8>> {
-    let ours = |k: &Key| ns.is_none_or(|ns| k.0 == ns);
+/// The frame a stream of `scope` sends for `change`, updating what it has sent in `known`.
+fn frame_for(change: &Change, scope: &Scope, known: &mut HashSet<Key>) -> Option<Vec<u8>> {
+    let ours = |k: &Key| scope.holds(&k.0, &k.1);
     match change {
         Change::Applied(k, data) if ours(k) => {
             let event = if known.insert(k.clone()) {
@@ -158,11 +177,11 @@ fn frame_for(change: &Change, ns: Option<&str>, known: &mut HashSet<Key>) -> Opt
 /// Feeds one stream: the snapshot, then the changes, until the client goes or falls behind.
 async fn follow(
     state: Arc<AppState>,
-    ns: Option<String>,
+    scope: Scope,
     mut changes: broadcast::Receiver<Arc<Change>>,
     out: mpsc::Sender<Bytes>,
 ) {
-    let ns = ns.as_deref();
+    let scope = &scope;
     for store in &state.runs.0 {
         tokio::select! {
             _ = store.wait_until_ready() => {}
@@ -170,7 +189,7 @@ async fn follow(
         }
     }
     let mut known = HashSet::new();
-    if out.send(snapshot(&state, ns, &mut known)).await.is_err() {
+    if out.send(snapshot(&state, scope, &mut known)).await.is_err() {
         return;
     }
     loop {
@@ -180,8 +199,8 @@ async fn follow(
         };
         let bytes = match change {
             Ok(c) => match &*c {
-                Change::Relisted => snapshot(&state, ns, &mut known),
-                c => match frame_for(c, ns, &mut known) {
+                Change::Relisted => snapshot(&state, scope, &mut known),
+                c => match frame_for(c, scope, &mut known) {
                     Some(f) => f.into(),
                     None => continue,
                 },
@@ -198,12 +217,12 @@ async fn follow(
     }
 }
 
-/// The SSE answer of a stream of `ns` (all served when `None`).
-fn stream(state: Arc<AppState>, ns: Option<String>) -> Response {
+/// The SSE answer of a stream of `scope`.
+fn stream(state: Arc<AppState>, scope: Scope) -> Response {
     // Subscribe before the snapshot is read: no change falls between the two.
     let changes = state.changes.tx.subscribe();
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    tokio::spawn(follow(state.clone(), ns, changes, tx));
+    tokio::spawn(follow(state.clone(), scope, changes, tx));
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -240,13 +259,35 @@ pub(super) async fn intercept(State(state): S, req: Request, next: Next) -> Resp
     let Some(ns) = namespace_stream_asked(&req) else {
         return next.run(req).await;
     };
+    let name = run_name(req.uri().query());
     let headers = req.into_parts().0.headers;
     let open = async {
-        state.auth.check(&headers, &ns, Verb::List, None).await?;
+        let verb = if name.is_some() {
+            Verb::Get
+        } else {
+            Verb::List
+        };
+        state
+            .auth
+            .check(&headers, &ns, verb, name.as_deref())
+            .await?;
         check_namespace(&state, &ns)?;
-        Ok::<_, ApiError>(stream(state.clone(), Some(ns.clone())))
+        Ok::<_, ApiError>(stream(
+            state.clone(),
+            Scope {
+                ns: Some(ns.clone()),
+                name,
+            },
+        ))
     };
     open.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The run a stream is limited to: the query's `name=RUN`.
+fn run_name(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, v)| k == "name" && !v.is_empty())
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The namespace of a `GET` of [`NAMESPACED`] that asks for an event stream.
@@ -287,9 +328,12 @@ async fn all_runs(State(state): S, headers: HeaderMap) -> Result<Response, ApiEr
         }
     }
     if event_stream_asked(&headers) {
-        return Ok(stream(state, None));
+        return Ok(stream(state, Scope::default()));
     }
-    let items = current(&state, None).iter().map(|r| summary(r)).collect();
+    let items = current(&state, &Scope::default())
+        .iter()
+        .map(|r| summary(r))
+        .collect();
     Ok(Json(RunList {
         items,
         continue_: None,
@@ -328,7 +372,13 @@ mod tests {
     #[test]
     fn a_stream_says_added_then_modified_then_deleted_for_its_namespace_only() {
         let mut known = HashSet::new();
-        let mut next = |c: Change, ns: Option<&str>| text(frame_for(&c, ns, &mut known));
+        let mut next = |c: Change, ns: Option<&str>| {
+            let scope = Scope {
+                ns: ns.map(str::to_owned),
+                name: None,
+            };
+            text(frame_for(&c, &scope, &mut known))
+        };
         assert_eq!(
             next(applied("a", "r1"), Some("a")).as_deref(),
             Some("event: ADDED\ndata: {\"x\":1}\n\n")
@@ -364,5 +414,22 @@ mod tests {
                 .starts_with("event: MODIFIED")
         );
         assert_eq!(next(Change::Relisted, None), None);
+    }
+
+    #[test]
+    fn a_stream_of_one_run_says_nothing_of_the_others() {
+        let scope = Scope {
+            ns: Some("a".into()),
+            name: Some("r1".into()),
+        };
+        let mut known = HashSet::new();
+        assert!(frame_for(&applied("a", "r2"), &scope, &mut known).is_none());
+        assert!(frame_for(&applied("b", "r1"), &scope, &mut known).is_none());
+        let f = text(frame_for(&applied("a", "r1"), &scope, &mut known)).unwrap();
+        assert!(f.starts_with("event: ADDED"), "{f}");
+        assert_eq!(run_name(Some("name=r1&x=2")).as_deref(), Some("r1"));
+        assert_eq!(run_name(Some("name=")), None);
+        assert_eq!(run_name(Some("a%20b=1")), None);
+        assert_eq!(run_name(None), None);
     }
 }

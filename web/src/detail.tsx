@@ -9,6 +9,7 @@ import {
   isActive,
   postJson,
   runPath,
+  runsPath,
   type ApiError,
   type RunSummary,
   type StageStatus,
@@ -51,7 +52,37 @@ export function RunDetail({ ns, name }: { ns: string; name: string }) {
     return () => clearTimeout(timer.current);
   }, [load]);
 
-  // Status changes come with the log's lifecycle events: reload the summary (debounced).
+  // The run's status, live from the API's watch (`…/workflowruns?name=RUN` as a stream): every
+  // change of phase, stage or progress, whatever the log has said so far. The summary of the
+  // stream lacks the log's figures (`events`): those stay from the last full load.
+  useEffect(() => {
+    let es: EventSource | null = null;
+    let retry = 0;
+    let stopped = false;
+    const update = (ev: MessageEvent) => {
+      const r = JSON.parse(ev.data) as RunSummary;
+      setRun((prev) => ({ ...r, events: prev?.events ?? r.events }));
+    };
+    const connect = () => {
+      if (stopped) return;
+      es = new EventSource(`${runsPath(ns)}?name=${encodeURIComponent(name)}`);
+      es.addEventListener('ADDED', update);
+      es.addEventListener('MODIFIED', update);
+      es.onerror = () => {
+        if (!es || es.readyState !== EventSource.CLOSED) return; // the browser reconnects
+        es.close();
+        retry = window.setTimeout(connect, 5000);
+      };
+    };
+    connect();
+    return () => {
+      stopped = true;
+      clearTimeout(retry);
+      es?.close();
+    };
+  }, [ns, name]);
+
+  // Lifecycle events of the log also reload the whole summary (debounced), with the log's figures.
   const onActivity = useCallback(() => {
     clearTimeout(timer.current);
     timer.current = window.setTimeout(load, 250);
