@@ -56,6 +56,10 @@ pub struct RunSummary {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    /// The object's `metadata.resourceVersion`: of two summaries of one run, the one with the
+    /// greater value is the newer (the page keeps it, whichever answer arrives last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
     /// The Workflow it runs.
     pub workflow: String,
     /// Its default BrokerConnector.
@@ -120,6 +124,7 @@ pub(super) fn summary(run: &WorkflowRun) -> RunSummary {
         namespace: run.namespace().unwrap_or_default(),
         name: run.name_any(),
         uid: run.uid(),
+        resource_version: run.resource_version(),
         workflow,
         connector,
         phase: st.phase.unwrap_or_default(),

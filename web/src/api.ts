@@ -45,6 +45,7 @@ export interface RunSummary {
   namespace: string;
   name: string;
   uid?: string;
+  resourceVersion?: string;
   workflow: string;
   connector: string;
   phase: RunPhase;

@@ -24,6 +24,19 @@ interface K8sRun {
   metadata?: { name?: string; namespace?: string };
 }
 
+/** Of the summary shown and one just read (from the run stream or a GET, which may arrive out
+ * of order), the newer by resourceVersion, keeping the log's figures (`events`, which only the
+ * GET has) when the newer lacks them. */
+function newest(shown: RunSummary | null, got: RunSummary): RunSummary {
+  const version = (r: RunSummary) => (r.resourceVersion ? BigInt(r.resourceVersion) : null);
+  const a = shown && version(shown);
+  const b = version(got);
+  if (shown && a !== null && b !== null && b < a) {
+    return got.events ? { ...shown, events: got.events } : shown;
+  }
+  return { ...got, events: got.events ?? shown?.events };
+}
+
 export function RunDetail({ ns, name }: { ns: string; name: string }) {
   const { perms } = useApp();
   const [run, setRun] = useState<RunSummary | null>(null);
@@ -36,7 +49,8 @@ export function RunDetail({ ns, name }: { ns: string; name: string }) {
 
   const load = useCallback(async () => {
     try {
-      setRun(await getJson<RunSummary>(path));
+      const r = await getJson<RunSummary>(path);
+      setRun((prev) => newest(prev, r));
       setError((e) => (e && e.startsWith('the API cannot be reached') ? null : e));
     } catch (e) {
       setError((e as ApiError).message);
@@ -61,7 +75,7 @@ export function RunDetail({ ns, name }: { ns: string; name: string }) {
     let stopped = false;
     const update = (ev: MessageEvent) => {
       const r = JSON.parse(ev.data) as RunSummary;
-      setRun((prev) => ({ ...r, events: prev?.events ?? r.events }));
+      setRun((prev) => newest(prev, r));
     };
     const connect = () => {
       if (stopped) return;
