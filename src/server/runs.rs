@@ -377,6 +377,7 @@ impl RunSummary {
             namespace: ns.to_owned(),
             name: name.to_owned(),
             uid: None,
+            resource_version: None,
             workflow: String::new(),
             connector: String::new(),
             phase: RunPhase::default(),
