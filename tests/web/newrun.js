@@ -25,11 +25,15 @@ async function choose(page, scope, label, value) {
   }
 }
 
-// The names a select or combobox offers.
+// The names a select or combobox offers, once it has loaded them (the dialog opens at once and
+// fills its selects as the catalog answers: "Loading…" until then).
 async function options(page, scope, label) {
   const field = scope.getByLabel(label, { exact: true });
   if ((await field.evaluate((el) => el.tagName)) === 'SELECT') {
-    return field.evaluate((el) => [...el.options].map((o) => o.textContent.trim()));
+    return w.eventually(`${label} to load its options`, async () => {
+      const names = await field.evaluate((el) => [...el.options].map((o) => o.textContent.trim()));
+      return names.includes('Loading…') ? null : names;
+    });
   }
   await field.click();
   const names = await page.getByRole('option').allInnerTexts();

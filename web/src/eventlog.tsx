@@ -122,10 +122,14 @@ export function EventLog({ ns, name, lastSeq, finished, onActivity }: LogProps) 
     v._willUpdate();
   });
 
-  // Live: the stream from where the summary left off.
+  // Live: the stream from where the summary left off. It ends with the log's own terminal
+  // `run.phase` event, not when the run's status says the run finished: the status can arrive
+  // first, and the log's last events would then never be streamed.
+  const finishedNow = useRef(finished);
+  finishedNow.current = finished;
   useEffect(() => {
     if (!cache.streamed) cache.streamed = lastSeq;
-    if (finished && cache.streamed >= lastSeq) {
+    if (finishedNow.current && cache.streamed >= lastSeq) {
       setConn('ended');
       return;
     }
@@ -180,7 +184,7 @@ export function EventLog({ ns, name, lastSeq, finished, onActivity }: LogProps) 
       clearTimeout(timer);
       clearTimeout(flush);
     };
-  }, [base, finished]);
+  }, [base]);
 
   // Pages: fetch the ones in view (a moment after scrolling settles), keep the cache bounded.
   const items = v.getVirtualItems();
