@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod chaos;
 pub mod consume;
 pub mod runs;
 

@@ -47,11 +47,21 @@ wait_port() {
 }
 
 # start_bg NAME LOGFILE CMD...: starts CMD in its own process group, records its pid in
-# $DEVSET_ENV_DIR/pids/NAME so that `down` can stop it.
+# $DEVSET_ENV_DIR/pids/NAME so that `down` can stop it, and the command (with the directory and
+# the exported environment it ran in) in $DEVSET_ENV_DIR/cmds/NAME, so that `tests/env/proc`
+# can start it again (the fault tests stop and start Kafka, etcd, PostgreSQL… in place).
 start_bg() {
   local name=$1 logf=$2
   shift 2
-  mkdir -p "$DEVSET_ENV_DIR/pids"
+  mkdir -p "$DEVSET_ENV_DIR/pids" "$DEVSET_ENV_DIR/cmds"
+  {
+    export -p
+    printf 'cd %q\n' "$PWD"
+    printf 'logf=%q\n' "$logf"
+    printf 'cmd=('
+    printf '%q ' "$@"
+    printf ')\n'
+  } >"$DEVSET_ENV_DIR/cmds/$name"
   setsid "$@" >"$logf" 2>&1 </dev/null &
   echo $! >"$DEVSET_ENV_DIR/pids/$name"
 }
