@@ -25,7 +25,11 @@ pub struct LintArgs {
 /// Returns every problem found, in file order. Documents of other kinds (a Secret, say) are
 /// left alone.
 pub fn check_docs(docs: &mut [Doc]) -> Vec<Problem> {
-    let validator = Validator::new();
+    check_docs_with(&Validator::new(), docs)
+}
+
+/// [`check_docs`] with a [`Validator`] made once, for callers that check many manifests.
+pub fn check_docs_with(validator: &Validator, docs: &mut [Doc]) -> Vec<Problem> {
     let mut problems = Vec::new();
     for doc in docs.iter_mut() {
         let group_is_ours = doc.api_version().starts_with("devset.io/");

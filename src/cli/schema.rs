@@ -330,6 +330,14 @@ fn scalar(v: &Value, s: &Value, t: &str, path: &str, out: &mut Vec<FieldError>) 
         return;
     }
     if let Some(text) = v.as_str() {
+        // `format: date-time` (an RFC 3339 time, e.g. a schedule's `startAt`), as the API
+        // server checks it.
+        if s["format"] == "date-time" && text.parse::<jiff::Timestamp>().is_err() {
+            out.push(err(
+                path,
+                format!("Invalid value: {v}: {path} in body must be of type date-time: {v}"),
+            ));
+        }
         let n = text.chars().count() as u64;
         if let Some(min) = s["minLength"].as_u64()
             && n < min
@@ -399,8 +407,11 @@ fn to_cel(v: &Value, s: &Value) -> cel::Value {
                 .into(),
         ),
         Value::Object(o) => {
+            // A field set to null is not set for the rules (`has(self.f)` is false), as on the
+            // API server.
             let map: HashMap<String, cel::Value> = o
                 .iter()
+                .filter(|(_, val)| !val.is_null())
                 .map(|(k, val)| {
                     let ps = s["properties"]
                         .get(k)
@@ -500,6 +511,40 @@ mod tests {
                 ("WorkflowRun", "self == oldSelf"),
                 ("WorkflowRun", "self == oldSelf")
             ]
+        );
+    }
+
+    #[test]
+    fn null_fields_and_date_times_are_checked_as_the_api_server_does() {
+        // A field set to null is unset for the rules: a stage whose only action is null has
+        // none, and one with a null action beside a real one has one.
+        let only_null = check(workflow(
+            json!({"stages": [{"name": "a", "publish": null}]}),
+        ));
+        assert_eq!(only_null.len(), 1, "{only_null:?}");
+        assert!(
+            only_null[0].1.contains("exactly one action"),
+            "{only_null:?}"
+        );
+        let beside =
+            json!({"stages": [{"name": "a", "publish": null, "delay": {"duration": "1s"}}]});
+        assert_eq!(check(workflow(beside)), []);
+        let schedule = |end_at: Value| {
+            check(
+                json!({"apiVersion": API_VERSION, "kind": "WorkflowSchedule",
+                "metadata": {"name": "s"},
+                "spec": {"schedule": "0 * * * *", "endAt": end_at,
+                    "runTemplate": {"spec": {"workflowRef": {"name": "w"}, "connectorRef": {"name": "c"}}}}}),
+            )
+        };
+        assert_eq!(schedule(Value::Null), []);
+        assert_eq!(schedule(json!("2030-01-01T00:00:00Z")), []);
+        assert_eq!(
+            schedule(json!("tomorrow")),
+            [(
+                "spec.endAt".to_owned(),
+                "Invalid value: \"tomorrow\": spec.endAt in body must be of type date-time: \"tomorrow\"".to_owned()
+            )]
         );
     }
 
