@@ -7,7 +7,9 @@
 mod common;
 
 use common::{
-    ApiProcess, ControllerProcess, TestNamespace, env, install_crds, sqlite_store, wait_until,
+    ApiProcess, ControllerProcess, TestNamespace, env, install_crds,
+    runs::{event_reasons, schedule_runs},
+    sqlite_store, wait_until,
 };
 use jiff::Timestamp;
 use reqwest::StatusCode;
@@ -47,19 +49,10 @@ fn schedule(name: &str, schedule: &str, workflow: &str, extra: &str) -> String {
 
 /// The runs of schedule `name`, oldest name first (names of one schedule sort by time).
 fn runs_of(ns: &str, name: &str) -> Vec<String> {
-    let out = env().kubectl_ok(&[
-        "get",
-        "workflowruns",
-        "-n",
-        ns,
-        "-l",
-        &format!("devset.io/schedule={name}"),
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
-    let mut names: Vec<String> = out.split_whitespace().map(str::to_owned).collect();
-    names.sort();
-    names
+    schedule_runs(ns, name)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
 }
 
 fn status(ns: &str, name: &str, path: &str) -> String {
@@ -79,24 +72,6 @@ fn ready(ns: &str, name: &str) -> (String, String) {
             "{.status.conditions[?(@.type==\"Ready\")].reason}",
         ),
     )
-}
-
-/// The reasons of the Events on object `name`.
-fn event_reasons(ns: &str, name: &str) -> Vec<String> {
-    env()
-        .kubectl_ok(&[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-            "-o",
-            "jsonpath={.items[*].reason}",
-        ])
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
 }
 
 fn wait_for_event(ns: &str, name: &str, reason: &str) {

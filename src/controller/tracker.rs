@@ -373,26 +373,42 @@ pub(super) fn phase_events(
     out
 }
 
-/// Writes a run's final status, retrying for a while: until it lands, the status still says
-/// Running, and a restarted controller would resume the run.
+/// Writes a run's final status, retrying until it lands: until then the status still says
+/// Running, and a reconcile after a re-list (or a restarted controller) would resume the run and
+/// run its last stages again. So while the API server (or etcd) is away it keeps trying, with a
+/// growing pause up to 5 s, and the run keeps its place among the active runs meanwhile. It gives
+/// up only when the run is gone (404) or the API server refuses the status itself (another 4xx,
+/// after six attempts).
 pub(super) async fn write_final(
     api: &Api<WorkflowRun>,
     run: &WorkflowRun,
     status: &WorkflowRunStatus,
 ) -> bool {
     let mut wait = Duration::from_millis(200);
-    for attempt in 1..=6 {
-        match apply_status(api, run, status).await {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let e = match apply_status(api, run, status).await {
             Ok(()) => return true,
-            Err(e) if attempt < 6 => {
-                warn!(error = %e, attempt, "cannot write the final status; retrying");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
+            Err(e) => e,
+        };
+        let refused = match &e {
+            super::Error::Kube(kube::Error::Api(s)) if s.code == 404 => {
+                warn!(error = %e, "the run is gone: its final status is not written");
+                return false;
             }
-            Err(e) => warn!(error = %e, "cannot write the final status; giving up"),
+            super::Error::Kube(kube::Error::Api(s)) => s.code < 500 && s.code != 429,
+            super::Error::Kube(_) => false,
+            _ => true,
+        };
+        if refused && attempt >= 6 {
+            warn!(error = %e, "cannot write the final status; giving up");
+            return false;
         }
+        warn!(error = %e, attempt, "cannot write the final status; retrying");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
-    false
 }
 
 pub(super) async fn write_if_changed(
