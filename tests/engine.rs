@@ -35,6 +35,7 @@ fn input(broker: BrokerConfig, publish: PublishAction) -> RunInput {
     RunInput {
         run_name: "engine-it".into(),
         run_namespace: "none".into(),
+        run_uid: String::new(),
         spec: WorkflowSpec {
             stages: vec![Stage {
                 name: "publish".into(),

@@ -499,6 +499,7 @@ async fn engine(
     let input = RunInput {
         run_name: "bench".into(),
         run_namespace: "bench".into(),
+        run_uid: String::new(),
         spec: WorkflowSpec {
             stages: vec![Stage {
                 name: "expect".into(),

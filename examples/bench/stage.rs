@@ -39,6 +39,7 @@ pub async fn engine(action: &PublishAction, broker: BrokerConfig) -> anyhow::Res
     let input = RunInput {
         run_name: "bench".into(),
         run_namespace: "bench".into(),
+        run_uid: String::new(),
         spec: WorkflowSpec {
             stages: vec![Stage {
                 name: "publish".into(),

@@ -263,6 +263,8 @@ impl schemars::JsonSchema for Rate {
     .message("publish needs exactly one target: topic (Kafka), exchange (RabbitMQ) or queue (RabbitMQ default exchange)"))]
 #[x_kube(validation = Rule::new("!has(self.routingKey) || has(self.exchange)")
     .message("routingKey goes with exchange; for a queue or a topic leave it out"))]
+#[x_kube(validation = Rule::new("!has(self.delivery) || self.delivery != 'ExactlyOnce' || has(self.topic)")
+    .message("delivery ExactlyOnce is for Kafka only: it needs a topic; for an exchange or a queue use AtLeastOnce"))]
 #[serde(rename_all = "camelCase")]
 pub struct PublishAction {
     /// The Kafka topic to publish to.
@@ -306,6 +308,31 @@ pub struct PublishAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1048576))]
     pub payload: Option<String>,
+    /// The delivery guarantee: `AtLeastOnce` (the default: after a crash or a leader change
+    /// the stage may publish again what the broker acknowledged since its last recorded
+    /// progress) or `ExactlyOnce` (Kafka only: messages are published in transactions that
+    /// also commit the stage's progress, so a `read_committed` consumer sees each message
+    /// once across crashes, and a stale leader is fenced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryGuarantee>,
+}
+
+/// The delivery guarantee: `AtLeastOnce` (the default: after a crash or a leader change the
+/// stage may publish again what the broker acknowledged since its last recorded progress) or
+/// `ExactlyOnce` (Kafka only: messages go out in transactions that also commit the stage's
+/// progress, so a `read_committed` consumer sees each message once across crashes, and a
+/// stale leader is fenced).
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum DeliveryGuarantee {
+    /// Every message reaches the broker at least once; a crash or a leader change may send
+    /// again what was acknowledged since the last recorded progress.
+    #[default]
+    AtLeastOnce,
+    /// Kafka only: a transactional producer whose progress is committed in the same
+    /// transaction; a `read_committed` consumer sees every message exactly once.
+    ExactlyOnce,
 }
 
 /// Wait before the next stages start.

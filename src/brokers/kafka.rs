@@ -82,6 +82,11 @@ impl Context {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// The code of the last client-level error.
+    pub(super) fn last_code(&self) -> Option<RDKafkaErrorCode> {
+        self.last_error().and_then(|(e, _)| code_of(&e))
+    }
+
     pub(super) fn scrub(&self, text: String) -> String {
         scrub(text, self.password.as_deref())
     }
@@ -122,6 +127,16 @@ pub(super) fn is_auth_code(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::TopicAuthorizationFailed
             | RDKafkaErrorCode::ClusterAuthorizationFailed
             | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+    )
+}
+
+/// A transactional producer was fenced: another producer with its `transactional.id` started.
+pub(super) fn is_fenced_code(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
     )
 }
 
@@ -167,7 +182,7 @@ pub(super) fn classify_request_error(e: KafkaError, ctx: &Context, what: &str) -
 }
 
 /// Classifies the error of a message's delivery report.
-fn classify_delivery_error(e: KafkaError, ctx: &Context, topic: &str) -> BrokerError {
+pub(super) fn classify_delivery_error(e: KafkaError, ctx: &Context, topic: &str) -> BrokerError {
     let code = code_of(&e);
     let detail = |e: &KafkaError| {
         let base = format!("message to topic {topic}: {e}");
@@ -177,6 +192,7 @@ fn classify_delivery_error(e: KafkaError, ctx: &Context, topic: &str) -> BrokerE
         }
     };
     match code {
+        Some(c) if is_fenced_code(c) => BrokerError::Fenced(detail(&e)),
         Some(c) if is_auth_code(c) => BrokerError::AuthFailed(detail(&e)),
         Some(RDKafkaErrorCode::MessageTimedOut) => {
             // Timed out in the local queue: usually because no broker could be reached.
@@ -209,7 +225,7 @@ pub(super) async fn probe(cfg: &KafkaConfig, timeout: Duration) -> Result<String
 }
 
 /// Runs a metadata request on a blocking thread; returns the number of brokers.
-async fn fetch_brokers(
+pub(super) async fn fetch_brokers(
     producer: FutureProducer<Context>,
     timeout: Duration,
     ctx: &Context,
@@ -231,6 +247,61 @@ async fn fetch_brokers(
             ctx,
             "metadata request",
         )),
+    }
+}
+
+/// The rdkafka record of a message, with its headers and key.
+fn record<'a>(topic: &'a str, msg: &'a Message) -> FutureRecord<'a, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(msg.headers.len());
+    for (key, value) in &msg.headers {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+        .payload(msg.payload.as_bytes())
+        .headers(headers);
+    if let Some(key) = &msg.key {
+        record = record.key(key.as_bytes());
+    }
+    record
+}
+
+/// Enqueues `msg` on `producer` (waiting while the local queue is full) and returns the future
+/// of its delivery report; shared by the plain and the transactional producer.
+pub(super) async fn send(
+    producer: &FutureProducer<Context>,
+    ctx: &Context,
+    topic: Arc<str>,
+    msg: &Message,
+) -> Result<PendingDelivery, BrokerError> {
+    let mut record = record(&topic, msg);
+    loop {
+        match producer.send_result(record) {
+            Ok(future) => {
+                let ctx = ctx.clone();
+                let topic = topic.clone();
+                return Ok(Box::pin(async move {
+                    match future.await {
+                        Ok(Ok(d)) => Ok(Delivery {
+                            partition: Some(d.partition),
+                            offset: Some(d.offset),
+                            delivery_tag: None,
+                        }),
+                        Ok(Err((e, _))) => Err(classify_delivery_error(e, &ctx, &topic)),
+                        Err(_canceled) => Err(BrokerError::Other(format!(
+                            "message to topic {topic}: the producer was dropped before its delivery report"
+                        ))),
+                    }
+                }));
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+            }
+            Err((e, _)) => return Err(classify_delivery_error(e, ctx, &topic)),
+        }
     }
 }
 
@@ -284,45 +355,7 @@ impl KafkaProducer {
         topic: &str,
         msg: &Message,
     ) -> Result<PendingDelivery, BrokerError> {
-        let mut headers = OwnedHeaders::new_with_capacity(msg.headers.len());
-        for (key, value) in &msg.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-            .payload(msg.payload.as_bytes())
-            .headers(headers);
-        if let Some(key) = &msg.key {
-            record = record.key(key.as_bytes());
-        }
-        loop {
-            match self.producer.send_result(record) {
-                Ok(future) => {
-                    let ctx = self.ctx.clone();
-                    let topic = self.topic_name(topic);
-                    return Ok(Box::pin(async move {
-                        match future.await {
-                            Ok(Ok(d)) => Ok(Delivery {
-                                partition: Some(d.partition),
-                                offset: Some(d.offset),
-                                delivery_tag: None,
-                            }),
-                            Ok(Err((e, _))) => Err(classify_delivery_error(e, &ctx, &topic)),
-                            Err(_canceled) => Err(BrokerError::Other(format!(
-                                "message to topic {topic}: the producer was dropped before its delivery report"
-                            ))),
-                        }
-                    }));
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-                }
-                Err((e, _)) => return Err(classify_delivery_error(e, &self.ctx, topic)),
-            }
-        }
+        send(&self.producer, &self.ctx, self.topic_name(topic), msg).await
     }
 
     pub(super) async fn close(self) -> Result<(), BrokerError> {

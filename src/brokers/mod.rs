@@ -10,12 +10,14 @@
 mod consumer;
 mod kafka;
 mod kafka_consumer;
+mod kafka_txn;
 mod rabbitmq;
 mod rabbitmq_consumer;
 
 pub use consumer::{
     Consumer, Incoming, Received, Source, StartAt, declare_tap, delete_tap, end_offsets,
 };
+pub use kafka_txn::{PROGRESS_TOPIC, TxnFailure, progress_topic};
 
 use crate::api::{
     BrokerConnectorSpec, CredentialsSecretRef, KafkaSecurityProtocol, SaslMechanism, TlsConfig,
@@ -414,6 +416,10 @@ pub enum BrokerError {
     /// A topic, queue or exchange does not exist; the message names it, e.g. `topic orders`.
     #[error("{0} does not exist")]
     NotFound(String),
+    /// A Kafka transactional producer was fenced: another producer with the same
+    /// `transactional.id` (a newer execution of the same run stage) took over.
+    #[error("fenced by a newer producer of the same stage: {0}")]
+    Fenced(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -421,7 +427,7 @@ pub enum BrokerError {
 
 impl BrokerError {
     /// A short label for conditions and metrics: `Unreachable`, `AuthFailed`, `Nacked`,
-    /// `Unroutable`, `Timeout`, `NotFound` or `BrokerError`.
+    /// `Unroutable`, `Timeout`, `NotFound`, `Fenced` or `BrokerError`.
     pub fn reason(&self) -> &'static str {
         match self {
             BrokerError::Unreachable(_) => "Unreachable",
@@ -430,6 +436,7 @@ impl BrokerError {
             BrokerError::Unroutable { .. } => "Unroutable",
             BrokerError::Timeout(_) => "Timeout",
             BrokerError::NotFound(_) => "NotFound",
+            BrokerError::Fenced(_) => "Fenced",
             BrokerError::Other(_) => "BrokerError",
         }
     }
@@ -557,6 +564,67 @@ impl Producer {
             ProducerInner::Kafka(p) => p.close().await,
             ProducerInner::RabbitMq(p) => p.close().await,
         }
+    }
+}
+
+/// A Kafka transactional producer for one run stage (`publish.delivery: ExactlyOnce`): messages
+/// go out in transactions that also commit the stage's progress to a compacted topic
+/// ([`progress_topic`]), so a `read_committed` consumer sees each message once, and a newer
+/// producer of the same `transactional.id` fences this one.
+pub struct TransactionalProducer {
+    inner: kafka_txn::TxnProducer,
+}
+
+impl fmt::Debug for TransactionalProducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransactionalProducer").finish()
+    }
+}
+
+impl TransactionalProducer {
+    /// Connects to Kafka as `transactional_id`, fencing every older producer of that id (its
+    /// open transaction is aborted), and reads the progress the id last committed (None when
+    /// it never committed). The progress topic is created (compacted) when missing.
+    pub async fn connect(
+        cfg: &KafkaConfig,
+        transactional_id: &str,
+        progress_topic: &str,
+        opts: ProducerOptions,
+    ) -> Result<(TransactionalProducer, Option<u64>), BrokerError> {
+        let (inner, committed) = kafka_txn::TxnProducer::connect(
+            cfg,
+            transactional_id,
+            progress_topic,
+            opts.delivery_timeout,
+        )
+        .await?;
+        Ok((TransactionalProducer { inner }, committed))
+    }
+
+    /// Begins a transaction.
+    pub fn begin(&self) -> Result<(), TxnFailure> {
+        self.inner.begin()
+    }
+
+    /// Enqueues a message in the open transaction; see [`Producer::send`]. A message counts
+    /// only once its transaction committed.
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        msg: &Message,
+    ) -> Result<PendingDelivery, BrokerError> {
+        self.inner.send(topic, msg).await
+    }
+
+    /// Adds the progress record `published` (messages committed, this transaction's included)
+    /// and commits. On an abortable failure the transaction is aborted (`aborted: true`).
+    pub async fn commit(&self, published: u64) -> Result<(), TxnFailure> {
+        self.inner.commit(published).await
+    }
+
+    /// Aborts the open transaction.
+    pub async fn abort(&self) -> Result<(), TxnFailure> {
+        self.inner.abort().await
     }
 }
 
@@ -806,6 +874,7 @@ mod tests {
             ),
             (BrokerError::Timeout("x".into()), "Timeout"),
             (BrokerError::NotFound("topic x".into()), "NotFound"),
+            (BrokerError::Fenced("x".into()), "Fenced"),
             (BrokerError::Other("x".into()), "BrokerError"),
         ];
         for (err, reason) in cases {

@@ -482,6 +482,7 @@ async fn execute(plan: Plan, args: &RunArgs) -> ExitCode {
     let input = RunInput {
         run_name: plan.key.name.clone(),
         run_namespace: plan.key.namespace.clone(),
+        run_uid: uuid::Uuid::new_v4().to_string(),
         spec,
         params: plan.params.clone(),
         resume: BTreeMap::new(),

@@ -468,6 +468,7 @@ async fn start(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context) 
     let input = RunInput {
         run_name: run.name_any(),
         run_namespace: ns,
+        run_uid: run.uid().unwrap_or_default(),
         spec: wf.spec.clone(),
         params,
         resume: lifecycle::resume_of(&inherited),
@@ -593,6 +594,7 @@ async fn resume(run: Arc<WorkflowRun>, status: WorkflowRunStatus, ctx: &Context)
     let input = RunInput {
         run_name: run.name_any(),
         run_namespace: ns,
+        run_uid: run.uid().unwrap_or_default(),
         spec,
         params,
         resume,
@@ -816,6 +818,11 @@ fn spawn(
     let shutdown = runs.shutdown.clone();
     let generation = run.metadata.generation;
     let active_run = ctx.metrics.engine.run_active();
+    // Cancelled alone (without a shutdown) when a stage was fenced: a newer execution of the
+    // run (another controller) owns it now, so this one writes nothing more.
+    let pause = input.pause.clone();
+    let fenced_shutdown = shutdown.clone();
+    let fenced = move || pause.is_cancelled() && !fenced_shutdown.is_cancelled();
     tokio::spawn(async move {
         let _active_run = active_run;
         // A controller shutdown stops the engine too, but the run stays Running (to resume).
@@ -836,6 +843,9 @@ fn spawn(
                 _ = tokio::time::sleep(WRITE_INTERVAL) => {}
             }
             t.count_unlogged();
+            if fenced() {
+                continue;
+            }
             let before = written.stages.clone();
             written = write_if_changed(&api, &run, &t, written).await;
             for (reason, note) in phase_events(&before, &written) {
@@ -856,7 +866,10 @@ fn spawn(
         relay.abort();
         t.count_unlogged();
         let mut last = t.status.lock().unwrap().clone();
-        if shutdown.is_cancelled() && outcome == RunOutcome::Stopped {
+        if outcome == RunOutcome::Stopped && fenced() {
+            warn!(namespace = ?run.namespace(), name = %run.name_any(),
+                  "fenced: another controller publishes this run now; leaving its status to it");
+        } else if shutdown.is_cancelled() && outcome == RunOutcome::Stopped {
             // Keep it Running: the next controller resumes it from these counts.
             let _ = apply_status(&api, run.as_ref(), &last).await;
         } else {

@@ -33,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 pub struct RunInput {
     pub run_name: String,
     pub run_namespace: String,
+    /// The run's uid (unique to this run object; with `ExactlyOnce`, part of each stage's
+    /// Kafka `transactional.id`).
+    pub run_uid: String,
     /// The pinned workflow.
     pub spec: WorkflowSpec,
     /// Effective params (declarations checked, defaults filled in).
@@ -719,6 +722,7 @@ mod tests {
         RunInput {
             run_name: "r".into(),
             run_namespace: "ns".into(),
+            run_uid: "uid".into(),
             spec: serde_json::from_value(serde_json::json!({
                 "params": [{"name": "region", "default": "eu"}],
                 "stages": stages
@@ -791,6 +795,47 @@ mod tests {
                 "after started 1",
                 "after succeeded"
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn exactly_once_through_rabbitmq_fails_the_stage_naming_the_field() {
+        let mut input = input(serde_json::json!([
+            {"name": "send", "publish": {"topic": "t", "count": 3, "delivery": "ExactlyOnce"}}
+        ]));
+        // Never connected to: the check comes first.
+        input.brokers = [(
+            "none".to_string(),
+            BrokerConfig::amqp("amqp://127.0.0.1:1/%2f").unwrap(),
+        )]
+        .into();
+        let seen = Arc::new(Seen::default());
+        let outcome = run(input, seen.clone(), CancellationToken::new()).await;
+        let RunOutcome::Failed {
+            stage,
+            reason,
+            message,
+        } = outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(
+            (stage.as_str(), reason.as_str()),
+            ("send", "InvalidDelivery")
+        );
+        assert!(
+            message.contains("stage \"send\"") && message.contains("publish.delivery"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn transactional_ids_are_stable_per_run_stage() {
+        let id = crate::engine::publish::transactional_id("ns", "r", "u-1", "send");
+        assert_eq!(id, "devset/ns/r/u-1/send");
+        assert_ne!(
+            id,
+            crate::engine::publish::transactional_id("ns", "r", "u-2", "send")
         );
     }
 
