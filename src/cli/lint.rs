@@ -199,7 +199,8 @@ pub fn lint(args: &LintArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let problems = check_docs(&mut docs);
+    let mut problems = yaml11_booleans(&docs);
+    problems.extend(check_docs(&mut docs));
     for p in &problems {
         println!("{p}");
     }
@@ -216,6 +217,74 @@ pub fn lint(args: &LintArgs) -> ExitCode {
     }
 }
 
+/// Plain scalars that YAML 1.1 reads as booleans (`y`, `n`, `yes`, `no`, `on`, `off`, in any
+/// of their cases): kubectl and the API server read them so, and `devset lint` (YAML 1.2) as
+/// strings, so a `name: n` it accepts the API server rejects. One problem per such scalar in
+/// the YAML files of `docs`, with its line.
+fn yaml11_booleans(docs: &[Doc]) -> Vec<Problem> {
+    const WORDS: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    let mut files: Vec<&str> = docs.iter().map(|d| d.file.as_str()).collect();
+    files.dedup();
+    let mut problems = Vec::new();
+    for file in files
+        .into_iter()
+        .filter(|f| *f != "-" && !f.ends_with(".json"))
+    {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        // The indentation of the line that opened a block scalar (`|`, `>`), while in one.
+        let mut block: Option<usize> = None;
+        for (i, line) in text.lines().enumerate() {
+            let indent = line.len() - line.trim_start().len();
+            if let Some(b) = block {
+                if line.trim().is_empty() || indent > b {
+                    continue;
+                }
+                block = None;
+            }
+            // Quoted text and comments are not plain scalars.
+            let mut plain = String::new();
+            let mut quote = None;
+            for c in line.chars() {
+                match (quote, c) {
+                    (None, '\'' | '"') => {
+                        quote = Some(c);
+                        plain.push('_');
+                    }
+                    (None, '#') if plain.is_empty() || plain.ends_with(' ') => break,
+                    (None, _) => plain.push(c),
+                    (Some(q), _) if c == q => quote = None,
+                    (Some(_), _) => {}
+                }
+            }
+            let plain = plain.trim_end();
+            if plain.ends_with(['|', '>']) || plain.ends_with("|-") || plain.ends_with(">-") {
+                block = Some(indent);
+            }
+            for part in plain.split([',', '{', '}', '[', ']']) {
+                let value = part.rsplit(": ").next().unwrap_or(part);
+                let value = value.trim().trim_start_matches("- ").trim();
+                if WORDS.contains(&value) {
+                    problems.push(Problem::file(
+                        file,
+                        format!(
+                            "line {}: {value} is a boolean to kubectl and the API server \
+                             (YAML 1.1) but a string here: quote it ('{value}') or write \
+                             true/false",
+                            i + 1
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +295,25 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_named_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.yaml");
+        std::fs::write(
+            &file,
+            "kind: Workflow # on\nspec:\n  params: [{name: n, type: string}]\n  stages:\n\
+             \x20   - name: 'no'\n      continueOnError: yes\n      publish:\n\
+             \x20       payload: |\n          on\n        key: \"off\"\n        topic: Off\n",
+        )
+        .unwrap();
+        let docs = manifests::load(&[file.clone()]).unwrap();
+        let lines: Vec<String> = yaml11_booleans(&docs)
+            .iter()
+            .map(|p| p.message.split(':').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(lines, ["line 3", "line 6", "line 11"]);
     }
 
     #[test]
