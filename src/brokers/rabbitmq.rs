@@ -58,9 +58,11 @@ fn tls_config(cfg: &RabbitMqConfig) -> OwnedTLSConfig {
 pub(super) fn classify(e: &lapin::Error, what: &str, cfg: &RabbitMqConfig) -> BrokerError {
     let detail = scrub(format!("{what}: {e}"), cfg.password.as_deref());
     match e.kind() {
-        ErrorKind::IOError(_) | ErrorKind::MissingHeartbeatError => {
-            BrokerError::Unreachable(detail)
-        }
+        // A channel or connection that a lost connection left closed or in error.
+        ErrorKind::IOError(_)
+        | ErrorKind::MissingHeartbeatError
+        | ErrorKind::InvalidChannelState(..)
+        | ErrorKind::InvalidConnectionState(_) => BrokerError::Unreachable(detail),
         ErrorKind::AuthProviderError(_) => BrokerError::AuthFailed(detail),
         // 403 ACCESS_REFUSED (bad credentials), 530 NOT_ALLOWED (no access to the vhost).
         ErrorKind::ProtocolError(p) if matches!(p.get_id(), 403 | 530) => {
@@ -101,21 +103,24 @@ pub(super) async fn probe(cfg: &RabbitMqConfig, timeout: Duration) -> Result<Str
 
 /// See [`super::Producer`].
 pub(super) struct RabbitProducer {
-    conn: Connection,
-    channel: Channel,
+    /// The connection and its channel; held while publishing so that tags match the broker's.
+    link: Mutex<Link>,
     cfg: RabbitMqConfig,
-    /// The channel's next delivery tag; held while publishing so that tags match the broker's.
-    next_tag: Mutex<u64>,
     in_flight: Arc<Semaphore>,
     confirm_timeout: Duration,
 }
 
-impl RabbitProducer {
-    pub(super) async fn connect(
-        cfg: &RabbitMqConfig,
-        opts: &ProducerOptions,
-    ) -> Result<RabbitProducer, BrokerError> {
-        let conn = open(cfg, opts.delivery_timeout).await?;
+/// A connection with one channel in confirm mode.
+struct Link {
+    conn: Connection,
+    channel: Channel,
+    /// The channel's next delivery tag.
+    next_tag: u64,
+}
+
+impl Link {
+    async fn open(cfg: &RabbitMqConfig, timeout: Duration) -> Result<Link, BrokerError> {
+        let conn = open(cfg, timeout).await?;
         let channel = conn
             .create_channel()
             .await
@@ -124,11 +129,22 @@ impl RabbitProducer {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| classify(&e, "confirm.select", cfg))?;
-        Ok(RabbitProducer {
+        Ok(Link {
             conn,
             channel,
+            next_tag: 1,
+        })
+    }
+}
+
+impl RabbitProducer {
+    pub(super) async fn connect(
+        cfg: &RabbitMqConfig,
+        opts: &ProducerOptions,
+    ) -> Result<RabbitProducer, BrokerError> {
+        Ok(RabbitProducer {
+            link: Mutex::new(Link::open(cfg, opts.delivery_timeout).await?),
             cfg: cfg.clone(),
-            next_tag: Mutex::new(1),
             in_flight: Arc::new(Semaphore::new(opts.max_in_flight.max(1))),
             confirm_timeout: opts.delivery_timeout,
         })
@@ -166,8 +182,16 @@ impl RabbitProducer {
             _ => target.to_string(),
         };
         let (tag, confirm) = {
-            let mut next_tag = self.next_tag.lock().await;
-            let confirm = self
+            let mut link = self.link.lock().await;
+            if !link.channel.status().connected() {
+                // The connection was lost (a broker restart): the publishes still awaiting
+                // their confirms fail with it, and a later attempt of the stage publishes on a
+                // new connection rather than failing at once on the dead one.
+                let fresh = Link::open(&self.cfg, self.confirm_timeout).await?;
+                let old = std::mem::replace(&mut *link, fresh);
+                let _ = old.conn.close(200, "reconnected".into()).await;
+            }
+            let confirm = link
                 .channel
                 .basic_publish(
                     ShortString::from(exchange),
@@ -187,8 +211,8 @@ impl RabbitProducer {
                         &self.cfg,
                     )
                 })?;
-            let tag = *next_tag;
-            *next_tag += 1;
+            let tag = link.next_tag;
+            link.next_tag += 1;
             (tag, confirm)
         };
         let cfg = self.cfg.clone();
@@ -224,11 +248,12 @@ impl RabbitProducer {
     }
 
     pub(super) async fn close(self) -> Result<(), BrokerError> {
+        let link = self.link.into_inner();
         let waited =
-            tokio::time::timeout(self.confirm_timeout, self.channel.wait_for_confirms()).await;
+            tokio::time::timeout(self.confirm_timeout, link.channel.wait_for_confirms()).await;
         self.in_flight.close();
-        let _ = self.channel.close(200, "done".into()).await;
-        let _ = self.conn.close(200, "done".into()).await;
+        let _ = link.channel.close(200, "done".into()).await;
+        let _ = link.conn.close(200, "done".into()).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(classify(&e, "waiting for publisher confirms", &self.cfg)),

@@ -168,12 +168,34 @@ impl Store {
         events: &mut [Append],
         dropped: &BTreeMap<RunKey, u64>,
     ) -> Result<Vec<Appended>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let appended = self.append_on(&mut conn, events, dropped).await;
+        if appended.is_err() {
+            // A connection whose append failed is closed, never given back to the pool: on a
+            // full disk SQLite rolls the transaction back by itself, sqlx's ROLLBACK then fails
+            // and it believes a transaction is still open, so the next append on that
+            // connection would only open and release a savepoint, and the writer would take
+            // events for committed that no other connection ever sees (found by
+            // tests/chaos_faults.rs, 7b). Closing rolls back whatever is still open.
+            if let Err(e) = conn.detach().close().await {
+                debug!(error = %e, "closing the event store connection of a failed append");
+            }
+        }
+        appended
+    }
+
+    async fn append_on(
+        &self,
+        conn: &mut AnyConnection,
+        events: &mut [Append],
+        dropped: &BTreeMap<RunKey, u64>,
+    ) -> Result<Vec<Appended>, StoreError> {
         let mut runs = by_run(events);
         for run in dropped.keys() {
             runs.entry(run).or_default();
         }
         let mut out = Vec::with_capacity(runs.len());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         for (run, events) in runs {
             let row = sqlx::query(SELECT_LOG)
                 .bind(&run.namespace)
