@@ -308,7 +308,7 @@ mod tests {
              \x20       payload: |\n          on\n        key: \"off\"\n        topic: Off\n",
         )
         .unwrap();
-        let docs = manifests::load(&[file.clone()]).unwrap();
+        let docs = manifests::load(std::slice::from_ref(&file)).unwrap();
         let lines: Vec<String> = yaml11_booleans(&docs)
             .iter()
             .map(|p| p.message.split(':').next().unwrap().to_owned())
