@@ -384,14 +384,17 @@ async fn stalled_client(port: u16, path: &str, token: &str) -> tokio::net::TcpSt
     conn
 }
 
-/// Frames a stalled stream may hold in `devset api`: the hub's store page (1,000 events,
-/// `hub.rs`), the stream's channel (256, `events.rs`) and the one being sent.
-const FRAMES_PER_STREAM: u64 = 1_000 + 256 + 1;
+/// Frames a stalled stream may hold in `devset api`: its channel's (256, `events.rs`) and the
+/// one being sent; the store's pages it backfills from are no larger than the channel's room
+/// (`hub.rs`).
+const FRAMES_PER_STREAM: u64 = 256 + 1;
 /// What hyper buffers at most per connection before it stops polling the body (its default
 /// `max_buf_size`: 8 KiB + 100 × 4 KiB).
 const HYPER_BUFFER: u64 = 8_192 + 4_096 * 100;
-/// Memory of the API that does not depend on the streams: the store's page cache, the
-/// allocator's arenas, the normal reader's stream.
+/// The allocator's pages around those buffers: twice what they hold.
+const ALLOCATOR: u64 = 2;
+/// Memory of the API that does not depend on the streams: the store's page cache, the normal
+/// reader's stream.
 const BASE_SLACK: u64 = 64 << 20;
 
 scenario_test!(
@@ -483,7 +486,8 @@ async fn stalled_clients() {
     let n = got.len() as u64;
     let log_bytes: u64 = got.iter().map(|g| g.2.len() as u64 + 40).sum();
     let biggest = got.iter().map(|g| g.2.len() as u64 + 40).max().unwrap_or(0);
-    let bound = clients as u64 * (FRAMES_PER_STREAM * biggest + HYPER_BUFFER) + BASE_SLACK;
+    let per_stream = FRAMES_PER_STREAM * biggest + HYPER_BUFFER;
+    let bound = clients as u64 * per_stream * ALLOCATOR + BASE_SLACK;
     let unbounded = clients as u64 * log_bytes;
     s.figure("events", n);
     s.figure("log", mib(log_bytes));
@@ -492,6 +496,10 @@ async fn stalled_clients() {
     s.figure("peak", mib(peak));
     s.figure("at the run's end", mib(at_end));
     s.figure("after the clients closed", mib(after));
+    s.figure(
+        "per stalled client",
+        mib(peak.saturating_sub(before) / clients as u64),
+    );
     s.hold(
         got.iter().map(|g| g.0).eq(1..=n) && got.last().is_some_and(|g| g.1 == "run.phase"),
         format!("the reader beside them got 1..{n}, ending with the run's phase"),
@@ -503,8 +511,9 @@ async fn stalled_clients() {
     s.hold(
         peak.saturating_sub(before) <= bound && bound < unbounded,
         format!(
-            "RSS grew {} at the peak, within {} = {clients} × ({FRAMES_PER_STREAM} frames × {biggest} B \
-             + hyper's {HYPER_BUFFER} B) + {} (buffering the whole log per client: {})",
+            "RSS grew {} at the peak, within {} = {clients} clients × {ALLOCATOR} × ({FRAMES_PER_STREAM} \
+             frames × {biggest} B + hyper's {HYPER_BUFFER} B) + {} (buffering the whole log per \
+             client: {})",
             mib(peak.saturating_sub(before)),
             mib(bound),
             mib(BASE_SLACK),

@@ -15,7 +15,8 @@ use tracing::warn;
 /// Events buffered per run for slow streams; a stream that falls further behind refills from
 /// the store.
 const BROADCAST: usize = 4_096;
-/// Events read from the store at a time.
+/// Events read from the store at a time, at most (a stream reads no more than its channel has
+/// room for).
 const PAGE: u32 = 1_000;
 
 /// One event as an SSE frame (`id:`, `event:`, `data:`), rendered once and shared by every
@@ -145,8 +146,14 @@ impl Hub {
         out: &mpsc::Sender<Arc<Frame>>,
     ) -> Result<bool, StoreError> {
         loop {
-            let page = patiently(|| self.store.events(run, *cursor, PAGE)).await?;
-            let full = page.len() == PAGE as usize;
+            // Read no more than the stream has room for: a client that stops reading holds its
+            // channel's frames, not a page of the store besides (issue 15, scenario 8b).
+            if out.reserve().await.is_err() {
+                return Ok(true);
+            }
+            let room = out.capacity().clamp(1, PAGE as usize) as u32;
+            let page = patiently(|| self.store.events(run, *cursor, room)).await?;
+            let full = page.len() == room as usize;
             for ev in page {
                 *cursor = ev.seq;
                 let end = ev.is_terminal();
