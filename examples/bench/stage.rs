@@ -39,7 +39,7 @@ pub async fn engine(action: &PublishAction, broker: BrokerConfig) -> anyhow::Res
     let input = RunInput {
         run_name: "bench".into(),
         run_namespace: "bench".into(),
-        run_uid: String::new(),
+        run_uid: uuid::Uuid::new_v4().to_string(),
         spec: WorkflowSpec {
             stages: vec![Stage {
                 name: "publish".into(),

@@ -299,6 +299,17 @@ impl Txn<'_> {
         let mut batch: Vec<(Message, PendingDelivery)> = Vec::with_capacity(TXN_MAX_MESSAGES);
         let mut spare: Vec<Message> = Vec::new();
         while *published < self.total && !shared.stop.is_cancelled() {
+            // Wait for the next message before the transaction opens: at a slow rate, an open
+            // transaction would outlive its timeout.
+            if let Some(iv) = self.interval {
+                let due = start + iv.mul_f64((*published + 1 - first) as f64);
+                if due > Instant::now() + Duration::from_millis(1) {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                        _ = shared.stop.cancelled() => break,
+                    }
+                }
+            }
             if let Err(f) = producer.begin() {
                 return self.failure(f.error);
             }
