@@ -68,4 +68,16 @@ impl Approvals for RunApprovals {
             v
         })
     }
+
+    fn recorded<'a>(&'a self, stage: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            // The status written to the API server records the decision: a controller that
+            // takes over from here finds it there and does not take it again.
+            let Some(tracker) = self.runs.tracker(&self.key).await else {
+                return;
+            };
+            let mut rx = tracker.recorded.subscribe();
+            let _ = rx.wait_for(|r| r.contains(stage)).await;
+        })
+    }
 }

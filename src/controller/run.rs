@@ -801,6 +801,7 @@ fn spawn(
         logged: AtomicU64::new(0),
         unlogged: AtomicU64::new(0),
         waiting: AtomicBool::new(waiting),
+        recorded: Default::default(),
         // A run that only waits gives its slot back: queued runs may start.
         on_waiting: Box::new(move |waiting| {
             if waiting {
@@ -912,6 +913,11 @@ fn spawn(
 }
 
 impl Runs {
+    /// The live status of the run `key` while this controller executes it.
+    pub(super) async fn tracker(&self, key: &str) -> Option<Arc<Tracker>> {
+        self.active.lock().await.get(key).map(|a| a.tracker.clone())
+    }
+
     /// Reconciles every run again: a slot is free, so the oldest queued run may start.
     fn wake(&self) {
         self.slot_freed.notify_waiters();

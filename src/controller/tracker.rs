@@ -41,6 +41,11 @@ pub(super) struct Tracker {
     pub(super) unlogged: AtomicU64,
     /// The run only waits for approvals: it holds no active-run slot.
     pub(super) waiting: AtomicBool,
+    /// The approval stages whose decision the last status written to the API server records:
+    /// the engine goes on after a decision only once it is there (see [`RunApprovals`]).
+    ///
+    /// [`RunApprovals`]: super::approvals::RunApprovals
+    pub(super) recorded: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
     /// Called when the run starts or stops only waiting (a slot freed or taken).
     pub(super) on_waiting: Box<dyn Fn(bool) + Send + Sync>,
 }
@@ -422,7 +427,16 @@ pub(super) async fn write_if_changed(
         return written;
     }
     match apply_status(api, run, &now).await {
-        Ok(()) => now,
+        Ok(()) => {
+            let decided = now.stages.iter().filter(|s| s.approval.is_some());
+            let decided: std::collections::BTreeSet<_> = decided.map(|s| s.name.clone()).collect();
+            tracker.recorded.send_if_modified(|r| {
+                let changed = *r != decided;
+                *r = decided;
+                changed
+            });
+            now
+        }
         Err(e) => {
             warn!(error = %e, "cannot write run progress; will retry");
             written

@@ -49,6 +49,13 @@ pub trait Approvals: Send + Sync + 'static {
     /// stage's timeout passes, so it must be cancel-safe: a decision it has not returned is
     /// not lost.
     fn decide<'a>(&'a self, stage: &'a str, ask: &'a ApprovalAsk) -> BoxFuture<'a, Verdict>;
+
+    /// Waits until the decision just taken on `stage` is recorded where whoever resumes the
+    /// run finds it (the controller: the run's status on the API server), so that no stage
+    /// runs on a decision that a crash could make be taken again. Default: at once.
+    fn recorded<'a>(&'a self, _stage: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Approvals that never come: for runs whose workflows have no approval stage.
@@ -140,6 +147,12 @@ pub(crate) async fn run(
                 _ = shared.stop.cancelled() => return StageOutcome::Stopped.into(),
             };
             shared.observer.stage_decided(&stage.name, &v);
+            // Nothing after the decision runs before it is recorded; a stop meanwhile leaves
+            // the stage to be decided again from the same decision.
+            tokio::select! {
+                _ = shared.input.approvals.recorded(&stage.name) => {}
+                _ = shared.stop.cancelled() => return StageOutcome::Stopped.into(),
+            }
             v
         }
     };
