@@ -118,7 +118,18 @@ impl TxnProducer {
     pub(super) fn begin(&self) -> Result<(), TxnFailure> {
         self.producer
             .begin_transaction()
-            .map_err(|e| txn_error(e, &self.ctx, "begin_transaction"))
+            .map_err(|e| self.or_fenced(txn_error(e, &self.ctx, "begin_transaction")))
+    }
+
+    /// `f`, its error made [`BrokerError::Fenced`] when the producer's fatal error is a
+    /// fencing (librdkafka reports most errors after it as a plain `_FATAL`).
+    fn or_fenced(&self, mut f: TxnFailure) -> TxnFailure {
+        if let Some((code, reason)) = self.producer.client().fatal_error()
+            && (is_fenced_code(code) || reason.contains("fenced"))
+        {
+            f.error = BrokerError::Fenced(self.ctx.scrub(reason));
+        }
+        f
     }
 
     pub(super) async fn send(
@@ -130,12 +141,26 @@ impl TxnProducer {
             Some(t) if **t == *topic => t.clone(),
             _ => self.topic.insert(Arc::from(topic)).clone(),
         };
-        send(&self.producer, &self.ctx, name, msg).await
+        send(&self.producer, &self.ctx, name, msg)
+            .await
+            .map_err(|error| {
+                self.or_fenced(TxnFailure {
+                    error,
+                    aborted: false,
+                })
+                .error
+            })
     }
 
     /// Adds the progress record `published` to the transaction and commits it. An abortable
     /// failure is aborted here.
     pub(super) async fn commit(&self, published: u64) -> Result<(), TxnFailure> {
+        self.commit_progress(published)
+            .await
+            .map_err(|f| self.or_fenced(f))
+    }
+
+    async fn commit_progress(&self, published: u64) -> Result<(), TxnFailure> {
         let value = published.to_string();
         let record = FutureRecord::to(&self.progress_topic)
             .partition(self.progress_partition)
@@ -182,7 +207,7 @@ impl TxnProducer {
         let (p, timeout) = (self.producer.clone(), self.timeout);
         blocking(move || retry_retriable(timeout, || p.abort_transaction(timeout)))
             .await
-            .map_err(|e| txn_error(e, &self.ctx, "abort_transaction"))
+            .map_err(|e| self.or_fenced(txn_error(e, &self.ctx, "abort_transaction")))
     }
 }
 
