@@ -585,7 +585,7 @@ fn lint_agrees_with_the_api_server_10b() {
         std::fs::write(dir.join(format!("case-{i}.json")), v.to_string()).unwrap();
     }
     let start = Instant::now();
-    let server = server_verdicts(&ns.name, &dir, cases.len());
+    let server = server_verdicts(&ns.name, &dir, cases.len(), "json");
     s.figure(
         "kubectl apply --dry-run=server",
         format!("{:.1} s", start.elapsed().as_secs_f64()),
@@ -684,7 +684,55 @@ fn lint_agrees_with_the_api_server_10b() {
         format!("the devset lint binary gives the same exit as the checks in-process ({binary_agrees} of {})", sample.len()),
     );
     let _ = std::fs::remove_dir_all(&dir);
+    yaml_scalars(&mut s, &ns.name);
     s.finish();
+}
+
+/// Plain scalars YAML 1.1 reads as booleans (kubectl, the API server) and YAML 1.2 as strings
+/// (`devset lint`'s parser): lint rejects each case the API server rejects.
+fn yaml_scalars(s: &mut Scenario, ns: &str) {
+    let dir = repo().join("target/chaos/lint-yaml").join(ns);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stage = "{name: a, delay: {duration: 1s}";
+    let specs = [
+        format!("params: [{{name: n, type: string}}]\n  stages: [{stage}}}]"),
+        format!("params: [{{name: x, type: string, default: yes}}]\n  stages: [{stage}}}]"),
+        format!("stages: [{stage}, continueOnError: on}}]"),
+        "stages: [{name: 'no', delay: {duration: 1s}}]".to_owned(),
+    ];
+    for (i, spec) in specs.iter().enumerate() {
+        let doc = format!(
+            "apiVersion: devset.io/v1alpha1\nkind: Workflow\nmetadata: {{name: case-{i}}}\n\
+             spec:\n  {spec}\n"
+        );
+        std::fs::write(dir.join(format!("case-{i}.yaml")), doc).unwrap();
+    }
+    let server = server_verdicts(ns, &dir, specs.len(), "yaml");
+    let mut missed = Vec::new();
+    for (i, server_ok) in server.iter().enumerate() {
+        let lint_ok = std::process::Command::new(env!("CARGO_BIN_EXE_devset"))
+            .args(["lint", "-f"])
+            .arg(dir.join(format!("case-{i}.yaml")))
+            .output()
+            .expect("devset lint runs")
+            .status
+            .success();
+        if server_ok.is_none() || (lint_ok && *server_ok == Some(false)) {
+            missed.push(format!(
+                "{}: server {server_ok:?}, lint {lint_ok}",
+                specs[i]
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    s.hold(
+        missed.is_empty(),
+        format!(
+            "on plain y/n/yes/no/on/off (YAML 1.1 booleans), devset lint rejects every case the \
+             API server rejects ({} cases; missed: {missed:?})",
+            specs.len()
+        ),
+    );
 }
 
 /// A namespace with runs for 10c: a Kafka connector, a Workflow (5 messages, then an approval

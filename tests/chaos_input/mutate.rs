@@ -176,8 +176,8 @@ pub fn lint_cases() -> Vec<Case> {
 }
 
 /// What the API server says of each case: `kubectl apply --dry-run=server` of one file per case
-/// (named `case-N`), in one call.
-pub fn server_verdicts(ns: &str, dir: &std::path::Path, n: usize) -> Vec<Option<bool>> {
+/// (named `case-N.EXT`), in one call.
+pub fn server_verdicts(ns: &str, dir: &std::path::Path, n: usize, ext: &str) -> Vec<Option<bool>> {
     let out = env().kubectl(&[
         "apply",
         "-n",
@@ -193,7 +193,9 @@ pub fn server_verdicts(ns: &str, dir: &std::path::Path, n: usize) -> Vec<Option<
             let accepted = stdout
                 .lines()
                 .any(|l| l.contains(&format!("/case-{i} ")) && l.ends_with("(server dry run)"));
-            let rejected = stderr.contains(&format!("/case-{i}.json\""));
+            // Several errors of one object come as `The Workflow "case-N" is invalid: …`.
+            let rejected = stderr.contains(&format!("/case-{i}.{ext}\""))
+                || stderr.contains(&format!("\"case-{i}\" is invalid"));
             match (accepted, rejected) {
                 (true, false) => Some(true),
                 (false, true) => Some(false),
