@@ -2,8 +2,9 @@
 //! environment's processes, and the row each scenario adds to the table.
 //!
 //! `tests/run` runs the short version of every scenario (`reps(short, full)` gives `short`);
-//! `tests/chaos` runs them with `DEVSET_CHAOS_FULL=1` (`full`) and prints the rows of
-//! `target/chaos/rows.jsonl` as one markdown table (`target/chaos/results.md`).
+//! `tests/chaos` runs them with `DEVSET_CHAOS_FULL=1` (`full`) and prints the rows (written to
+//! `$DEVSET_CHAOS_ROWS`, else `target/chaos/rows.jsonl`) as one markdown table
+//! (`target/chaos/results.md`).
 //!
 //! A scenario records what it measured and what held, then fails the test when something did
 //! not hold, so a failed scenario is still a row of the table:
@@ -184,13 +185,18 @@ impl Scenario {
             "failed": self.failed,
             "figures": self.figures.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>(),
         });
-        let dir = repo().join("target/chaos");
-        std::fs::create_dir_all(&dir).expect("target/chaos");
+        // `tests/chaos` names its own file, so that two runs side by side keep their rows.
+        let path = std::env::var_os("DEVSET_CHAOS_ROWS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| repo().join("target/chaos/rows.jsonl"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("the rows' directory");
+        }
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("rows.jsonl"))
-            .expect("target/chaos/rows.jsonl");
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // One write per line: rows of scenarios running side by side never interleave.
         f.write_all(format!("{row}\n").as_bytes())
             .expect("a row written");
