@@ -121,6 +121,14 @@ impl TxnProducer {
             .map_err(|e| self.or_fenced(txn_error(e, &self.ctx, "begin_transaction")))
     }
 
+    pub(super) fn fenced_or(&self, error: BrokerError) -> BrokerError {
+        self.or_fenced(TxnFailure {
+            error,
+            aborted: false,
+        })
+        .error
+    }
+
     /// `f`, its error made [`BrokerError::Fenced`] when the producer's fatal error is a
     /// fencing (librdkafka reports most errors after it as a plain `_FATAL`).
     fn or_fenced(&self, mut f: TxnFailure) -> TxnFailure {
@@ -166,7 +174,17 @@ impl TxnProducer {
             .partition(self.progress_partition)
             .key(self.id.as_bytes())
             .payload(value.as_bytes());
-        if let Err((e, _)) = self.producer.send_result(record) {
+        // Wait for its delivery here: rdkafka's commit_transaction flushes first, and its flush
+        // sleeps 100 ms whenever anything is still in flight.
+        let delivered = match self.producer.send_result(record) {
+            Ok(future) => match future.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e),
+                Err(_) => Err(KafkaError::Canceled),
+            },
+            Err((e, _)) => Err(e),
+        };
+        if let Err(e) = delivered {
             let error = classify_delivery_error(e, &self.ctx, &self.progress_topic);
             return Err(self.abort_after(error).await);
         }

@@ -622,6 +622,11 @@ impl TransactionalProducer {
         self.inner.commit(published).await
     }
 
+    /// `e`, or [`BrokerError::Fenced`] when this producer was fenced (its fatal error).
+    pub fn fenced_or(&self, e: BrokerError) -> BrokerError {
+        self.inner.fenced_or(e)
+    }
+
     /// Aborts the open transaction.
     pub async fn abort(&self) -> Result<(), TxnFailure> {
         self.inner.abort().await

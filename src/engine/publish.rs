@@ -349,13 +349,23 @@ impl Txn<'_> {
                 let _ = producer.abort().await;
                 return self.failure(e);
             }
-            let progress = *published + batch.len() as u64;
+            // Every delivery report first (the commit would wait for them in 100 ms steps).
+            let mut deliveries = Vec::with_capacity(batch.len());
+            for (msg, pending) in batch.drain(..) {
+                match pending.await {
+                    Ok(d) => deliveries.push((msg, d)),
+                    Err(e) => send_error = send_error.or(Some(e)),
+                }
+            }
+            if let Some(e) = send_error {
+                let _ = producer.abort().await;
+                return self.failure(producer.fenced_or(e));
+            }
+            let progress = *published + deliveries.len() as u64;
             match producer.commit(progress).await {
                 Ok(()) => {
                     aborted_in_a_row = 0;
-                    for (msg, pending) in batch.drain(..) {
-                        // Committed: every delivery report is in.
-                        let delivery = pending.await.unwrap_or_default();
+                    for (msg, delivery) in deliveries.drain(..) {
                         shared.observer.published(
                             &stage.name,
                             self.connector,
@@ -375,7 +385,7 @@ impl Txn<'_> {
                 }) if aborted_in_a_row < TXN_RETRIES => {
                     tracing::warn!(stage = %stage.name, %error, "transaction aborted; sending its messages again");
                     aborted_in_a_row += 1;
-                    spare.extend(batch.drain(..).map(|(m, _)| m));
+                    spare.extend(deliveries.drain(..).map(|(m, _)| m));
                 }
                 Err(f) => return self.failure(f.error),
             }
